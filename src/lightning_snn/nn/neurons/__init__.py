@@ -1,4 +1,4 @@
-"""Neuron models: each file holds one family's discrete-time dynamics."""
+"""Neuron models, one family's discrete-time dynamics per file."""
 
 from lightning_snn.nn.neurons.adaptive import AdaptiveLIF, AdaptiveLIFState, LearnableAdaptiveLIF
 from lightning_snn.nn.neurons.base import Neuron, SpikingNeuron

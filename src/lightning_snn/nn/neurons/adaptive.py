@@ -8,7 +8,7 @@ trace ``A`` that its own spikes charge and that is subtracted from the synaptic 
 
 ``c = 1`` for :class:`AdaptiveLIF` and ``c = 1 - lambda_ada`` for :class:`LearnableAdaptiveLIF`. The trace
 is charged by the spike of the *previous* step, so a spike at step ``t`` first lowers the membrane at
-``t + 3``; this is Stork's timing. Although Stork's docstring speaks of an adaptive threshold, the model
+``t + 3``. This is Stork's timing. Although Stork's docstring speaks of an adaptive threshold, the model
 is an adaptation current: the threshold stays fixed.
 """
 
@@ -69,8 +69,8 @@ class AdaptiveLIF(_AdaptiveBase):
     """LIF neurons with a spike-triggered adaptation current (Stork's ``AdaptiveLIFGroup``).
 
     Each spike adds 1 to the adaptation trace, which decays with ``tau_ada`` and lowers the drive by
-    ``adapt_a`` per unit. Stork lets dropout act on the spikes that charge the trace; here the trace
-    sees the neuron's own spikes, since dropout models transmission to other neurons.
+    ``adapt_a`` per unit. Stork charges the trace with the spikes after dropout. Here the trace receives
+    the neuron's own spikes, because dropout models transmission to other neurons.
 
     Args:
         tau_mem: Membrane time constant in seconds.

@@ -19,7 +19,7 @@ class Neuron(StatefulModule):
     into a per-step decay factor ``lambda = exp(-dt / tau)``. The population's shape and the simulation
     time step ``dt`` are fixed by :meth:`build`, which the enclosing layer calls.
 
-    Subclasses implement :meth:`initial_state` and :meth:`step`; a sequence driver
+    Subclasses implement :meth:`initial_state` and :meth:`step`. A sequence driver
     (:func:`lightning_snn.nn.simulation.simulate`) calls ``step`` once per time step with the synaptic
     drive that arrived at that step, one tensor per receptor in ``receptors``.
 
