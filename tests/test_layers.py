@@ -193,3 +193,24 @@ def test_readout_needs_a_size():
 def test_conv_layer_rejects_even_recurrent_kernel():
     with pytest.raises(ValueError, match="must be odd"):
         Conv1dLayer(4, 3, recurrent=True, recurrent_kernel_size=4)
+
+
+def test_readout_rejects_spiking_neuron():
+    with pytest.raises(TypeError, match="non-spiking readout"):
+        ReadoutLayer(3, LIF())
+
+
+def test_recorded_states_come_with_the_output():
+    network = SpikingNetwork(
+        [DenseLayer(4, LIF(record=("mem", "syn")))], ReadoutLayer(2, LeakyReadout(record=("mem",))), input_shape=3, dt=1e-3
+    )
+    output = network(torch.rand(2, 6, 3))
+    assert sorted(output.recorded) == ["layer1", "readout"]
+    assert output.recorded["layer1"]["syn"].shape == (2, 6, 4)
+    torch.testing.assert_close(output.recorded["readout"]["mem"], output.output)
+
+
+def test_unbuilt_network_error_names_the_fix():
+    network = SpikingNetwork([DenseLayer(4)])
+    with pytest.raises(RuntimeError, match=r"input_shape=\.\.\., dt=\.\.\."):
+        network(torch.zeros(1, 2, 3))

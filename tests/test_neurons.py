@@ -300,3 +300,18 @@ def test_record_rejects_unknown_state():
 def test_unbuilt_neuron_error_says_how_to_fix():
     with pytest.raises(RuntimeError, match="build"):
         LIF().step_parameters()
+
+
+def test_record_given_as_string_is_rejected():
+    with pytest.raises(TypeError, match=r"\('mem',\)"):
+        LIF(record="mem")
+
+
+def test_nonpositive_threshold_is_rejected():
+    with pytest.raises(ValueError, match="threshold must be positive"):
+        LIF(threshold=-1.0)
+
+
+def test_time_step_longer_than_tau_warns():
+    with pytest.warns(UserWarning, match="milliseconds"):
+        LIF(tau_mem=20e-3, tau_syn=10e-3).build(3, dt=1.0)

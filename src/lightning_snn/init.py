@@ -150,6 +150,12 @@ def normal_weight_moments(
     # The mean drive of all afferents together sets mu_U. With one common rate and kernel this is
     # Stork's mu_w = mu_U / (N_total * nu * eps_bar).
     mean_drive_per_weight = sum(item.fan_in * item.rate * item.eps_bar for item in inputs)
+    if not all(item.eps_hat > 0 for item in inputs) or not mean_drive_per_weight > 0:
+        raise ValueError(
+            f"The PSP integrals or input rates are zero for afferents {list(inputs)}. This happens when "
+            f"dt is far longer than the time constants; dt and every tau are in seconds, so check "
+            f"that none was given in milliseconds."
+        )
     mu_w = mu_u / mean_drive_per_weight
 
     total_variance = ((theta - mu_u) / xi) ** 2
@@ -744,7 +750,11 @@ class FluctuationDrivenCenteredNormal(FluctuationDrivenNormal):
     """Zero-mean normal weights that set the membrane fluctuations (``mu_u = 0``, ``xi = 1 / sigma_u``).
 
     Afferent ``c`` gets ``N(0, sigma_c)`` with ``sigma_c**2 = share_c * (theta * sigma_u)**2 /
-    (N_c * nu_c * eps_hat_c)``; see :class:`FluctuationDrivenNormal` for the shares and the rates.
+    (N_c * nu_c * eps_hat_c)``, where ``theta`` is the postsynaptic threshold, ``N_c`` the fan-in,
+    ``nu_c`` the presynaptic rate in Hz and ``eps_hat_c`` the integral of the squared PSP kernel in
+    seconds (:func:`psp_integrals`). :class:`FluctuationDrivenNormal` explains the shares and the rates.
+    The readout defaults to the same rule (``readout="fluctuation"``), as in Stork's first two examples;
+    :class:`FluctuationDrivenExponential` defaults to ``readout="normal"``, as in its Dale's-law example.
 
     Args:
         sigma_u: Target membrane standard deviation in units of the threshold.

@@ -13,9 +13,12 @@ from lightning_snn.nn.state import StatefulModule
 
 class NetworkOutput(NamedTuple):
     output: Tensor
-    """Readout sequence ``(batch, time, num_outputs)``; the last layer's output without a readout."""
+    """Readout sequence ``(batch, time, num_outputs)``, or the last layer's output without a readout."""
     spikes: dict[str, Tensor]
     """Spike sequence ``(batch, time, *shape)`` of every spiking population, keyed by name."""
+    recorded: dict[str, dict[str, Tensor]] = {}
+    """State sequences that populations were asked to ``record``: population name -> state name ->
+    ``(batch, time, *shape)``. Empty unless a neuron was built with ``record=(...)``."""
 
 
 class SpikingNetwork(nn.Module):
@@ -32,7 +35,9 @@ class SpikingNetwork(nn.Module):
 
     Args:
         layers: Hidden layers, built in order (``DenseLayer``, ``Conv1dLayer``, ``Conv2dLayer``,
-            ``DalesLayer``, ``MaxPool``, ``Flatten``, ...). Unnamed layers are named ``layer<i>``.
+            ``DalesLayer``, ``MaxPool``, ``Flatten``, ...). An unnamed layer is named ``layer<i>`` after
+            its position ``i`` (counting from 1, pooling and flatten layers included), the same index
+            that ``skip_from`` uses.
         readout: Final readout stage; its size can be left open and set by ``num_outputs``.
         input_shape: Shape of one input time step (an int for a flat input); builds the network right
             away when given together with ``dt``.
@@ -97,9 +102,13 @@ class SpikingNetwork(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> NetworkOutput:
-        """Run the network on inputs ``(batch, time, *input_shape)``; flat inputs are reshaped."""
+        """Run the network on inputs ``(batch, time, *input_shape)``. Flat inputs are reshaped."""
         if not self.is_built:
-            raise RuntimeError("The network is not built; call build(input_shape, dt) first.")
+            raise RuntimeError(
+                "The network is not built: pass input_shape and dt (seconds) when creating it, "
+                "SpikingNetwork(layers, readout, input_shape=..., dt=...), or call "
+                "network.build(input_shape, dt) before the first forward pass."
+            )
         if x.dim() < 3:
             raise ValueError(f"Expected input (batch, time, *{self.input_shape}), got shape {tuple(x.shape)}.")
         if tuple(x.shape[2:]) != self.input_shape:
@@ -117,10 +126,11 @@ class SpikingNetwork(nn.Module):
             result = layer(sources)
             sources.append(result.transmitted)
             spikes.update(result.spikes)
-        if self.readout is None:
-            return NetworkOutput(output=sources[-1], spikes=spikes)
-        readout = self.readout(sources)
-        return NetworkOutput(output=next(iter(readout.spikes.values())), spikes=spikes)
+        output = sources[-1]
+        if self.readout is not None:
+            output = next(iter(self.readout(sources).spikes.values()))
+        recorded = {name: neuron.recorded for name, neuron in self.populations().items() if neuron.record}
+        return NetworkOutput(output=output, spikes=spikes, recorded=recorded)
 
     def all_layers(self) -> list[NetworkLayer]:
         return list(self.layers) + ([self.readout] if self.readout is not None else [])

@@ -1,6 +1,7 @@
 """Base classes of all neuron models: time constants, decays, shapes, learnable timescales, spiking."""
 
 import math
+import warnings
 from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -56,6 +57,8 @@ class Neuron(StatefulModule):
             )
         if sigma_tau < 0:
             raise ValueError(f"sigma_tau must be 0 or positive, got {sigma_tau}.")
+        if isinstance(record, str):
+            raise TypeError(f"record must be a sequence of state names, e.g. ({record!r},), got the string {record!r}.")
         self.learn_timescales = learn_timescales
         self.sigma_tau = sigma_tau
         self.record = tuple(record)
@@ -97,6 +100,16 @@ class Neuron(StatefulModule):
             )
         self.shape = shape
         self.dt = float(dt)
+
+        # dt and the time constants share one unit (seconds); a step longer than a time constant
+        # usually means one of them was given in milliseconds.
+        too_short = {name: tau for name, tau in self.time_constants.items() if tau < dt}
+        if too_short:
+            warnings.warn(
+                f"{type(self).__name__} has time constants {too_short} shorter than the time step "
+                f"dt={dt}. Both are in seconds; check that neither was given in milliseconds.",
+                stacklevel=3,
+            )
 
         if self.sigma_tau > 0:
             for name in self.time_constants:
@@ -196,7 +209,9 @@ class SpikingNeuron(Neuron):
             learn_timescales=learn_timescales, sigma_tau=sigma_tau, stateful=stateful, record=record
         )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+            raise ValueError(f"dropout must be at least 0 and below 1, got {dropout}.")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be positive (the resting potential is 0), got {threshold}.")
         self.threshold = float(threshold)
         self.surrogate = surrogate if surrogate is not None else SuperSpike(beta=20.0)
         self.diff_reset = diff_reset

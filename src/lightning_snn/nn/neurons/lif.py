@@ -41,6 +41,10 @@ class LIFDecays(NamedTuple):
 class LIF(SpikingNeuron):
     """Current-based leaky integrate-and-fire neurons (Stork's ``LIFGroup``).
 
+    Each step spikes where ``U > threshold``, then updates
+    ``I <- exp(-dt/tau_syn) I + X`` and ``U <- (exp(-dt/tau_mem) U + (1 - exp(-dt/tau_mem)) I_old) (1 - S)``:
+    the resting potential is 0 and a spike resets ``U`` to 0 (see the module docstring for the timing).
+
     Args:
         tau_mem: Membrane time constant in seconds.
         tau_syn: Synaptic time constant in seconds.
