@@ -296,6 +296,11 @@ class ReadoutLayer(DenseLayer):
         input_shape: Optional[ShapeLike] = None,
         dt: Optional[float] = None,
     ) -> None:
+        if neuron is not None and neuron.spiking:
+            raise TypeError(
+                f"ReadoutLayer needs a non-spiking readout model such as LeakyReadout, got "
+                f"{type(neuron).__name__}; use a DenseLayer for a spiking output layer."
+            )
         super().__init__(
             size=size if size is not None else 1,
             neuron=neuron if neuron is not None else LeakyReadout(),
