@@ -60,3 +60,15 @@ def no_network():
     patcher.setattr(urllib.request, "urlopen", urlopen)
     yield
     patcher.undo()
+
+
+@pytest.fixture(autouse=True)
+def fixed_seed():
+    """Seed Python, NumPy and torch before every test, so results do not depend on test order."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

@@ -5,6 +5,7 @@ script rather than inside pytest.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,8 +65,8 @@ def test_ddp_ranks_start_from_rank_zero_weights(tmp_path):
 
     sums = {}
     for line in result.stdout.splitlines():
-        if line.startswith("rank "):
-            _, rank, _, _, value = line.split()
-            sums[int(rank)] = value
+        match = re.fullmatch(r"rank (\d+) weight sum (\S+)", line.strip())
+        if match:
+            sums[int(match.group(1))] = match.group(2)
     assert set(sums) == {0, 1}
     assert sums[0] == sums[1]
