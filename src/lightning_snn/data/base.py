@@ -1,10 +1,31 @@
 """Shared machinery of the spike-data DataModules: loader options, seeding and the linked attributes."""
 
+import os
 from typing import Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+class ProcessRandomState:
+    """Mixin for datasets that draw random augmentations: one NumPy generator per process.
+
+    ``torch.initial_seed()`` differs per DataLoader worker and follows ``seed_everything``, so the
+    augmentation is reproducible and not repeated across workers. The generator is dropped when the
+    dataset is pickled for a spawned worker or a DDP process, which then seeds its own.
+    """
+
+    _generator: Optional[np.random.Generator] = None
+    _generator_pid: Optional[int] = None
+
+    def _rng(self) -> np.random.Generator:
+        pid = os.getpid()
+        if self._generator is None or self._generator_pid != pid:
+            self._generator = np.random.default_rng(torch.initial_seed())
+            self._generator_pid = pid
+        return self._generator
 
 
 class SpikeDataModule(pl.LightningDataModule):

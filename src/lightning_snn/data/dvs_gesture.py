@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_snn.data.base import SpikeDataModule
+from lightning_snn.data.base import ProcessRandomState, SpikeDataModule
 
 #: Sensor size of the DVS128 camera as tonic orders it: (width, height, polarities).
 SENSOR_SIZE = (128, 128, 2)
@@ -96,7 +96,7 @@ def events_to_frames(events: np.ndarray, dt: float, target_size: tuple[int, int]
     return frames
 
 
-class DVSGestureFrames(Dataset):
+class DVSGestureFrames(ProcessRandomState, Dataset):
     """Cropped count frames read from a cache written by :func:`write_frame_cache`.
 
     Items are ``(frames, label)`` with float32 frames of shape ``(num_steps, 2, height, width)``. A
@@ -140,8 +140,6 @@ class DVSGestureFrames(Dataset):
 
         # Per-process state, created on first use: memory maps of the entry arrays and the RNG.
         self._arrays: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
-        self._generator: Optional[np.random.Generator] = None
-        self._generator_pid: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -182,13 +180,6 @@ class DVSGestureFrames(Dataset):
             )
         return self._arrays
 
-    def _rng(self) -> np.random.Generator:
-        pid = os.getpid()
-        if self._generator is None or self._generator_pid != pid:
-            # torch.initial_seed() differs per DataLoader worker and follows seed_everything.
-            self._generator = np.random.default_rng(torch.initial_seed())
-            self._generator_pid = pid
-        return self._generator
 
     def __getstate__(self) -> dict:
         # Spawned workers map the files again instead of pickling the maps.

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_snn.data.base import SpikeDataModule
+from lightning_snn.data.base import ProcessRandomState, SpikeDataModule
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _decode_key(key: Union[bytes, str]) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
-class SHDDataset(Dataset):
+class SHDDataset(ProcessRandomState, Dataset):
     """One HDF5 file in the SHD layout, binned into dense binary rasters.
 
     The file handle opens on the first item read, once per process, and never in ``__init__``. A
@@ -222,8 +222,6 @@ class SHDDataset(Dataset):
         # Per-process state, created on first use (see _file and _rng).
         self._handle: Optional[h5py.File] = None
         self._handle_pid: Optional[int] = None
-        self._generator: Optional[np.random.Generator] = None
-        self._generator_pid: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -263,14 +261,6 @@ class SHDDataset(Dataset):
             self._handle_pid = pid
         return self._handle
 
-    def _rng(self) -> np.random.Generator:
-        pid = os.getpid()
-        if self._generator is None or self._generator_pid != pid:
-            # torch.initial_seed() differs per DataLoader worker and follows seed_everything, so the
-            # augmentation is reproducible and not repeated across workers.
-            self._generator = np.random.default_rng(torch.initial_seed())
-            self._generator_pid = pid
-        return self._generator
 
     def __getstate__(self) -> dict:
         # Spawned workers and DDP processes receive a pickled copy, and h5py handles cannot be pickled.
