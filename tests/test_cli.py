@@ -8,7 +8,9 @@ configs in ``configs/`` are only parsed and built, never trained.
 import contextlib
 import io
 import math
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import torch
 import yaml
 from fake_data import write_fake_dvs_gesture, write_random_shd
 
-from lightning_snn.cli import format_test_summary, main
+from lightning_snn.cli import console_main, format_epochs, format_test_summary, main
 from lightning_snn.tasks import SNNClassifier
 
 TESTS_DIR = Path(__file__).parent
@@ -60,7 +62,7 @@ def test_randman_fit_prints_test_summary(randman_run):
 
     assert len(summary) == 1
     assert "best checkpoint" in summary[0]
-    assert "(1 epochs)" in summary[0]
+    assert "(1 epoch)" in summary[0]
     assert "test/acc" in cli.trainer.callback_metrics
 
 
@@ -85,7 +87,7 @@ def test_randman_fit_writes_logs_and_checkpoints(randman_run):
     assert list(version.glob("events.out.tfevents.*"))
 
 
-def test_randman_fit_without_test_after_fit(capsys):
+def test_randman_fit_without_test_after_fit(in_tmp_path, capsys):
     cli = main(
         ["fit", "--config", str(CONF_DIR / "randman.yaml"), "--trainer.fast_dev_run", "true", "--test_after_fit", "false"]
     )
@@ -95,6 +97,8 @@ def test_randman_fit_without_test_after_fit(capsys):
     assert "test skipped" in printed
     assert "test/acc" not in cli.trainer.callback_metrics
     assert "val/acc" in cli.trainer.callback_metrics
+    # fast_dev_run is a smoke test: it must leave no checkpoint behind, in the log folder or elsewhere.
+    assert not list(in_tmp_path.rglob("*.ckpt"))
 
 
 def test_test_summary_format():
@@ -105,11 +109,51 @@ def test_test_summary_format():
     assert line == "Test accuracy 96.30 % | test loss 0.1387 | best checkpoint | fit 812.3 s (200 epochs)"
 
 
+def test_format_epochs_singular_and_plural():
+    assert format_epochs(1) == "1 epoch"
+    assert format_epochs(0) == "0 epochs"
+    assert format_epochs(3) == "3 epochs"
+
+
+def test_last_checkpoint_holds_final_epoch():
+    # A learning rate of 0 keeps the weights, so val/acc never improves after epoch 0 and the best
+    # checkpoint stays at epoch 0, while last.ckpt must follow every epoch.
+    cli = main(
+        [
+            "fit",
+            "--config", str(CONF_DIR / "randman.yaml"),
+            "--trainer.max_epochs", "3",
+            "--trainer.callbacks", "[]",
+            "--model.init_args.optimizer", "torch.optim.SGD",
+            "--model.init_args.optimizer.init_args.lr", "0.0",
+            "--test_after_fit", "false",
+        ]
+    )
+    checkpoints = Path(cli.trainer.log_dir) / "checkpoints"
+    best = [path for path in checkpoints.glob("*.ckpt") if path.name != "last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+
+    assert len(best) == 1
+    assert torch.load(best[0], weights_only=False)["epoch"] == 0
+    # 3 epochs of 2 training batches; the checkpoint counts epochs from 0.
+    assert last["global_step"] == 6
+    assert last["epoch"] == 2
+
+
 def test_randman_test_from_checkpoint(randman_run):
     _, run_dir, _ = randman_run
     best = next(path for path in checkpoint_paths(run_dir) if path.name != "last.ckpt")
 
     tested = main(["test", "--config", str(CONF_DIR / "randman.yaml"), "--ckpt_path", str(best)])
+
+    assert 0.0 <= float(tested.trainer.callback_metrics["test/acc"]) <= 1.0
+
+
+def test_randman_test_with_saved_config(randman_run):
+    _, run_dir, _ = randman_run
+    version = run_dir / "lightning_logs" / "version_0"
+
+    tested = main(["test", "-c", str(version / "config.yaml"), "--ckpt_path", str(version / "checkpoints" / "last.ckpt")])
 
     assert 0.0 <= float(tested.trainer.callback_metrics["test/acc"]) <= 1.0
 
@@ -131,6 +175,48 @@ def test_randman_predict_matches_reloaded_checkpoint(randman_run):
     with torch.no_grad():
         reloaded = model.predict_step(batch, 0)
     torch.testing.assert_close(reloaded, probabilities)
+
+
+def test_randman_predict_writes_probabilities(randman_run, in_tmp_path, capsys):
+    _, run_dir, _ = randman_run
+    last = run_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+    cli = main(["predict", "--config", str(CONF_DIR / "randman.yaml"), "--ckpt_path", str(last)])
+    default_path = Path(cli.trainer.log_dir) / "predictions.pt"
+    saved = torch.load(default_path)
+
+    # The test split: 10 % of 3 classes x 20 samples, in dataset order because it is not shuffled.
+    assert saved["probabilities"].shape == (6, 3)
+    torch.testing.assert_close(saved["probabilities"].sum(dim=1), torch.ones(6))
+    assert torch.equal(saved["predictions"], saved["probabilities"].argmax(dim=1))
+    assert torch.equal(saved["sample_indices"], torch.arange(6))
+    assert f"Predictions written to {default_path}" in capsys.readouterr().out
+
+
+def test_randman_predict_to_given_path(randman_run, in_tmp_path):
+    _, run_dir, _ = randman_run
+    last = run_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    path = in_tmp_path / "out" / "probs.pt"
+
+    main(["predict", "--config", str(CONF_DIR / "randman.yaml"), "--ckpt_path", str(last), "--predictions_path", str(path)])
+
+    assert torch.load(path)["probabilities"].shape == (6, 3)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluation_without_checkpoint_callbacks(randman_run, in_tmp_path, subcommand):
+    _, run_dir, _ = randman_run
+    last = run_dir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main([subcommand, "--config", str(CONF_DIR / "randman.yaml"), "--ckpt_path", str(last)])
+    messages = [str(warning.message) for warning in caught]
+
+    assert cli.trainer.checkpoint_callbacks == []
+    assert not [message for message in messages if "dirpath has changed" in message]
+    assert not [message for message in messages if "callbacks used to create the checkpoint" in message]
+    assert not list(in_tmp_path.rglob("*.ckpt"))
 
 
 def test_randman_validate_command():
@@ -193,7 +279,58 @@ def test_dvs_gesture_fit_on_fake_tree(in_tmp_path, capsys):
 def test_python_module_entry_point_exists():
     import lightning_snn.__main__ as entry
 
-    assert entry.main is main
+    assert entry.console_main is console_main
+
+
+def test_console_main_exit_status_zero(in_tmp_path):
+    # The console script generated by pip runs sys.exit(console_main()).
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from lightning_snn.cli import console_main; sys.exit(console_main())",
+        "fit",
+        "-c", str(CONF_DIR / "digits.yaml"),
+        "--trainer.fast_dev_run", "true",
+        "--trainer.logger", "false",
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "SNNLightningCLI object" not in finished.stdout + finished.stderr
+
+
+def test_console_main_missing_data(in_tmp_path, monkeypatch, capsys):
+    missing = in_tmp_path / "no_shd"
+    args = ["fit", "-c", str(CONF_DIR / "shd.yaml"), "--data.init_args.data_dir", str(missing)]
+    monkeypatch.setattr(sys, "argv", ["lightning-snn", *args])
+    monkeypatch.delenv("LIGHTNING_SNN_DEBUG", raising=False)
+
+    status = console_main()
+    error = capsys.readouterr().err
+
+    assert status == 1
+    assert "shd_train.h5" in error
+    assert "--data.init_args.download true" in error
+    assert "Traceback" not in error
+
+
+def test_console_main_missing_data_debug(in_tmp_path, monkeypatch):
+    missing = in_tmp_path / "no_shd"
+    args = ["fit", "-c", str(CONF_DIR / "shd.yaml"), "--data.init_args.data_dir", str(missing)]
+    monkeypatch.setattr(sys, "argv", ["lightning-snn", *args])
+    monkeypatch.setenv("LIGHTNING_SNN_DEBUG", "1")
+
+    with pytest.raises(FileNotFoundError, match="shd_train.h5"):
+        console_main()
+
+
+def test_help_lists_full_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+
+    assert "Evaluate a checkpoint (--ckpt_path) on the test split." in printed
+    assert "save them to --predictions_path." in printed
 
 
 # --------------------------------------------------------------------------------------------------

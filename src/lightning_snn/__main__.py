@@ -1,6 +1,8 @@
 """Entry point of ``python -m lightning_snn``, the same command as ``lightning-snn``."""
 
-from lightning_snn.cli import main
+import sys
+
+from lightning_snn.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console_main())

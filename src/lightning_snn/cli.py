@@ -9,16 +9,29 @@ What it adds to a plain LightningCLI:
 
 * The DataModule's ``input_shape``, ``num_classes``, ``dt`` and ``num_steps`` are passed to the model
   once the DataModule exists, so a config does not set them.
-* A TensorBoard logger under ``lightning_logs/`` and a checkpoint callback (``--checkpoint.*``) that
-  keeps the model with the best ``val/acc`` plus the last one.
+* A TensorBoard logger under ``lightning_logs/``. During ``fit`` (except with ``fast_dev_run``), two
+  checkpoint callbacks write to ``<log_dir>/checkpoints/``: one keeps the epoch with the best
+  ``val/acc`` (configured by ``--checkpoint.*``) and one overwrites ``last.ckpt`` after every
+  training epoch (``--checkpoint.save_last false`` turns it off). ``validate``, ``test`` and
+  ``predict`` write no checkpoints.
 * After ``fit``, the test split is evaluated on the best checkpoint (``--test_after_fit false`` turns
   this off), and one line with the test accuracy, test loss and fit time is printed.
+* ``predict`` saves the class probabilities with :class:`~lightning_snn.callbacks.PredictionWriter`
+  to ``--predictions_path`` (default ``<log_dir>/predictions.pt``) and prints where.
+
+:func:`console_main` is the shell entry point: it returns an exit status, and it reports a data folder
+without the expected files in two lines instead of a traceback (``LIGHTNING_SNN_DEBUG=1`` shows it).
 """
 
+import os
+import sys
 import time
+import traceback
+import warnings
 from typing import Any, Optional
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 # Importing these modules registers their classes with jsonargparse, so a config can name a class
@@ -34,6 +47,7 @@ import lightning_snn.nn  # noqa: F401
 import lightning_snn.optim  # noqa: F401
 import lightning_snn.regularizers  # noqa: F401
 import lightning_snn.surrogate  # noqa: F401
+from lightning_snn.callbacks.predictions import PredictionWriter
 from lightning_snn.data.base import SpikeDataModule
 from lightning_snn.tasks import SNNClassifier
 
@@ -43,9 +57,40 @@ LINKED_DATA_ATTRIBUTES = ("input_shape", "num_classes", "dt", "num_steps")
 #: Defaults of the ``--checkpoint.*`` group: keep the epoch with the best validation accuracy.
 CHECKPOINT_DEFAULTS = {"monitor": "val/acc", "mode": "max", "save_last": True}
 
+#: File name (without ``.ckpt``) of the checkpoint that is overwritten after every training epoch.
+LAST_CHECKPOINT_NAME = "last"
+
+#: Start of the warning that a checkpoint contains states of callbacks that the Trainer lacks.
+CALLBACK_STATE_WARNING = "Be aware that when using `ckpt_path`"
+
+#: Environment variable that makes :func:`console_main` show the traceback of a missing data file.
+DEBUG_VARIABLE = "LIGHTNING_SNN_DEBUG"
+
+#: One-line help of each subcommand, in place of the first docstring line of the Trainer method.
+SUBCOMMAND_HELP = {
+    "fit": "Train the model; afterwards, test it unless --test_after_fit false.",
+    "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split.",
+    "test": "Evaluate a checkpoint (--ckpt_path) on the test split.",
+    "predict": (
+        "Compute the class probabilities of the predict split (the test split) with a checkpoint "
+        "(--ckpt_path) and save them to --predictions_path."
+    ),
+}
+
 
 class SNNLightningCLI(LightningCLI):
-    """LightningCLI with data-to-model links, a checkpoint group and a test run after ``fit``."""
+    """LightningCLI with data-to-model links, checkpoints, a test run after ``fit`` and a prediction file."""
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+        # LightningCLI lists each subcommand with the first docstring line of the Trainer method, which
+        # for test and predict stops mid-sentence. The list entries are argparse's choice actions.
+        subcommands = getattr(self.parser, "_subcommands_action", None)
+        for choice in getattr(subcommands, "_choices_actions", []):
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every subcommand gets these arguments, so a config.yaml saved by fit also parses for test.
@@ -59,13 +104,81 @@ class SNNLightningCLI(LightningCLI):
                 "Ignored by validate, test and predict."
             ),
         )
+        parser.add_argument(
+            "--predictions_path",
+            type=Optional[str],
+            default=None,
+            help=(
+                "File where predict saves the class probabilities, the predicted class ids and the "
+                "sample indices (a dict of tensors for torch.load). Default: predictions.pt in the "
+                "log folder, lightning_logs/version_<N>/. Ignored by fit, validate and test."
+            ),
+        )
 
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # The callbacks are built in instantiate_trainer, because fit gets two of them (best and last)
+        # and the other subcommands get none.
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", instantiate=False, fail_untyped=False)
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
 
         # In subclass mode the target must name the init_args of the chosen model class.
         for name in LINKED_DATA_ATTRIBUTES:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = _as_callback_list(trainer_config.get("callbacks"))
+
+        # Checkpoints belong to fit (subcommand None is run=False, before a fit from Python). With
+        # fast_dev_run, save_last would still write ./checkpoints/last.ckpt. In validate, test and
+        # predict, a checkpoint callback only restores stale state and warns that its dirpath changed.
+        self._best_checkpoint: Optional[ModelCheckpoint] = None
+        self._last_checkpoint: Optional[ModelCheckpoint] = None
+        if self.subcommand in (None, "fit") and not trainer_config.get("fast_dev_run"):
+            callbacks += self._checkpoint_callbacks()
+        elif not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
+            kwargs.setdefault("enable_checkpointing", False)
+
+        self._prediction_writer: Optional[PredictionWriter] = None
+        if self.subcommand == "predict":
+            self._prediction_writer = PredictionWriter(self._get(self.config, "predictions_path"))
+            callbacks.append(self._prediction_writer)
+
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+    def _checkpoint_callbacks(self) -> list[ModelCheckpoint]:
+        """Build the ``--checkpoint.*`` callback and, with ``save_last``, the one that writes last.ckpt."""
+        settings = self._get(self.config_init, "checkpoint").as_dict()
+        save_last = settings.pop("save_last")
+
+        # With a monitor, ModelCheckpoint (Lightning 2.6.6) refreshes last.ckpt only in epochs that
+        # save a new top-k checkpoint, so last.ckpt can lag behind by many epochs. A second callback
+        # without a monitor saves at the end of every training epoch, after that epoch's validation.
+        self._best_checkpoint = ModelCheckpoint(**settings, save_last=False)
+        if not save_last:
+            return [self._best_checkpoint]
+
+        self._last_checkpoint = ModelCheckpoint(
+            dirpath=settings["dirpath"],
+            filename=LAST_CHECKPOINT_NAME,
+            monitor=None,
+            save_top_k=1,
+            save_weights_only=settings["save_weights_only"],
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+            verbose=settings["verbose"],
+        )
+        return [self._best_checkpoint, self._last_checkpoint]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "fit":
+            super()._run_subcommand(subcommand)
+            return
+
+        # validate, test and predict build no checkpoint callbacks, so Lightning 2.6.6 warns that the
+        # checkpoint's callback states found no callback to restore into. Evaluation needs none of them.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=CALLBACK_STATE_WARNING)
+            super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
@@ -78,26 +191,47 @@ class SNNLightningCLI(LightningCLI):
 
         if not self._get(self.config, "test_after_fit", True):
             if self.trainer.is_global_zero:
-                print(f"Fit {fit_seconds:.1f} s ({epochs} epochs); test skipped (--test_after_fit false)")
+                print(f"Fit {fit_seconds:.1f} s ({format_epochs(epochs)}); test skipped (--test_after_fit false)")
             return
 
-        ckpt_path = self._checkpoint_to_test()
+        choice = self._checkpoint_to_test()
+        callback = {"best": self._best_checkpoint, "last": self._last_checkpoint}.get(choice)
+        # An explicit path, because ckpt_path="best" warns when there are several ModelCheckpoint callbacks.
+        ckpt_path = callback.best_model_path if callback is not None else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
         if self.trainer.is_global_zero:
-            print(format_test_summary(results[0] if results else {}, ckpt_path, fit_seconds, epochs))
+            print(format_test_summary(results[0] if results else {}, choice, fit_seconds, epochs))
 
     def _checkpoint_to_test(self) -> Optional[str]:
         """Return ``"best"``, ``"last"`` or None (the weights in memory) for the test after fit."""
-        callback = self.trainer.checkpoint_callback
-        if callback is None or self.trainer.fast_dev_run:
-            return None
-
         # best_model_path stays empty when the monitored metric was never logged (no validation).
-        if callback.monitor is not None and callback.best_model_path:
+        best = self._best_checkpoint
+        if best is not None and best.monitor is not None and best.best_model_path:
             return "best"
-        if callback.last_model_path:
+        last = self._last_checkpoint
+        if last is not None and last.best_model_path:
             return "last"
         return None
+
+    def after_predict(self) -> None:
+        if self._prediction_writer is None or not self.trainer.is_global_zero:
+            return
+        for path in self._prediction_writer.written_paths:
+            print(f"Predictions written to {path}")
+
+
+def _as_callback_list(callbacks: Any) -> list[Callback]:
+    """Return the Trainer's configured ``callbacks`` (None, one callback or a list) as a new list."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    return list(callbacks)
+
+
+def format_epochs(epochs: int) -> str:
+    """Return ``"1 epoch"`` or ``"<epochs> epochs"``."""
+    return f"{epochs} epoch" if epochs == 1 else f"{epochs} epochs"
 
 
 def format_test_summary(
@@ -121,7 +255,7 @@ def format_test_summary(
         "Test accuracy " + (f"{100.0 * float(accuracy):.2f} %" if accuracy is not None else "n/a"),
         "test loss " + (f"{float(loss):.4f}" if loss is not None else "n/a"),
         f"{ckpt_path} checkpoint" if ckpt_path is not None else "final weights",
-        f"fit {fit_seconds:.1f} s ({epochs} epochs)",
+        f"fit {fit_seconds:.1f} s ({format_epochs(epochs)})",
     ]
     return " | ".join(parts)
 
@@ -137,6 +271,9 @@ def main(args: ArgsType = None, run: bool = True) -> SNNLightningCLI:
 
     Returns:
         The CLI object, which contains ``trainer``, ``model`` and ``datamodule`` after the run.
+
+    Raises:
+        SystemExit: For invalid arguments, and after ``--help`` or ``--print_config``.
     """
     return SNNLightningCLI(
         SNNClassifier,
@@ -159,7 +296,7 @@ def main(args: ArgsType = None, run: bool = True) -> SNNLightningCLI:
                 "List the options of a class with: lightning-snn fit --data.help SHDDataModule "
                 "(or --model.help SNNClassifier)."
             ),
-            "fit": {"description": "Train the model; afterwards, test it unless --test_after_fit false."},
+            **{name: {"description": text} for name, text in SUBCOMMAND_HELP.items()},
         },
         # The optimizer is a model argument (model.init_args.optimizer), so the CLI adds no
         # separate --optimizer group that would silently replace it.
@@ -169,4 +306,44 @@ def main(args: ArgsType = None, run: bool = True) -> SNNLightningCLI:
     )
 
 
-__all__ = ["SNNLightningCLI", "format_test_summary", "main"]
+def console_main() -> int:
+    """Run ``lightning-snn`` with the arguments in ``sys.argv`` and return the exit status.
+
+    This is the console script and ``python -m lightning_snn``. A ``FileNotFoundError`` raised by the
+    DataModule (its data files are missing) is printed as a two-line error with exit status 1; set
+    the environment variable ``LIGHTNING_SNN_DEBUG=1`` to see its traceback instead. Every other
+    error propagates with its traceback.
+
+    Returns:
+        0 on success, 1 when the DataModule did not find its data.
+    """
+    try:
+        main()
+    except FileNotFoundError as error:
+        datamodule = _datamodule_in_traceback(error)
+        if datamodule is None or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"lightning-snn: error: {error}", file=sys.stderr)
+        print(_missing_data_hint(datamodule), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _datamodule_in_traceback(error: BaseException) -> Optional[pl.LightningDataModule]:
+    """Return the DataModule whose method raised ``error`` (directly or through calls), else None."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, pl.LightningDataModule):
+            return candidate
+    return None
+
+
+def _missing_data_hint(datamodule: pl.LightningDataModule) -> str:
+    """Return the command-line options that fix a missing data folder."""
+    hint = "Point --data.init_args.data_dir at the folder that contains the data"
+    if getattr(datamodule, "download", None) is False:
+        hint += ", or add --data.init_args.download true to download it"
+    return f"{hint}. Set {DEBUG_VARIABLE}=1 to see the traceback."
+
+
+__all__ = ["SNNLightningCLI", "console_main", "format_epochs", "format_test_summary", "main"]
