@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_snn.kernels import event_linear, prefers_events
 from lightning_snn.nn.constraints import WeightConstraint
 
 Shape = tuple[int, ...]
@@ -166,7 +167,12 @@ class Dense(Connection):
         return self.out_shape
 
     def project(self, x: Tensor) -> Tensor:
-        drive = F.linear(x.reshape(x.shape[0], -1), self.op.weight, self.op.bias)
+        rows = x.reshape(x.shape[0], -1)
+        # Sparse inputs (input spike trains) are projected event by event when that is cheaper.
+        if prefers_events(rows, self.op.out_features):
+            drive = event_linear(rows, self.op.weight, self.op.bias)
+        else:
+            drive = F.linear(rows, self.op.weight, self.op.bias)
         return drive.reshape(x.shape[0], *self.out_shape)
 
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_snn.kernels import LinearRecurrence
 from lightning_snn.nn.connections import Connection, Conv1d, Conv2d, Dense, IntOrTuple
 from lightning_snn.nn.constraints import MinMaxConstraint, WeightConstraint
 from lightning_snn.nn.neurons import LIF, ExcInhLIF, LeakyReadout, Neuron
-from lightning_snn.nn.simulation import simulate
+from lightning_snn.nn.simulation import LinearRecurrentInput, simulate
 
 Shape = tuple[int, ...]
 ShapeLike = Union[int, Sequence[int]]
@@ -179,10 +180,30 @@ class _PopulationLayer(NetworkLayer):
                 drive[target_index] = recurrent.step(transmitted[0])
                 return [drive]
 
-        result = simulate([self.neuron], [drives], recurrent_fn)
+        result = simulate([self.neuron], [drives], recurrent_fn, self._linear_recurrence())
         return LayerOutput(
             transmitted=result.transmitted[0], spikes={self.name: result.outputs[0]}
         )
+
+    def _linear_recurrence(self) -> Optional[LinearRecurrentInput]:
+        """Describe the recurrent connection for the fused kernels, or return None if they cannot run it.
+
+        The kernels need a bias-free dense or stride-1 convolution that passes gradients into the
+        first receptor. A probing connection stays in the plain loop, which counts its input.
+        """
+        recurrent = self.recurrent_connection
+        if recurrent is None or recurrent.bias is not None or recurrent.probing:
+            return None
+        if not recurrent.propagate_gradients or recurrent.target != self.neuron.receptors[0]:
+            return None
+        if type(recurrent) is Dense:
+            return LinearRecurrentInput(LinearRecurrence("dense"), recurrent.weight)
+        if type(recurrent) in (Conv1d, Conv2d):
+            if any(size != 1 for size in (*recurrent.stride, *recurrent.dilation)):
+                return None
+            kind = "conv1d" if type(recurrent) is Conv1d else "conv2d"
+            return LinearRecurrentInput(LinearRecurrence(kind, recurrent.padding), recurrent.weight)
+        return None
 
     def populations(self) -> dict[str, Neuron]:
         return {self.name: self.neuron}

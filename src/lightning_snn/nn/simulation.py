@@ -4,6 +4,10 @@ Feed-forward drive is computed for all time steps at once by the caller (one mat
 the whole sequence); only the recurrence runs in the Python loop here. Every connection delays by one
 step: the drive ``X_t`` that the presynaptic spikes of step ``t`` produce is what the neurons integrate at
 step ``t + 1``.
+
+A single ``LIF`` or ``LeakyReadout`` population runs through a fused sequence kernel from
+:mod:`lightning_snn.kernels` instead of the loop when the selected backend allows it and the kernel
+supports every feature in use. Spikes and states are the same, and gradients agree up to float rounding.
 """
 
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -11,12 +15,27 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from lightning_snn.kernels import LinearRecurrence, lif_sequence, readout_sequence, supports_surrogate
+from lightning_snn.kernels.backend import fused_required, kernels_enabled
 from lightning_snn.nn.neurons.base import Neuron
+from lightning_snn.nn.neurons.lif import LIF, LIFState
+from lightning_snn.nn.neurons.readout import LeakyReadout, ReadoutState
 
 #: Drive of one population: one tensor (or None for no input) per receptor of its neuron model.
 Drive = Sequence[Optional[Tensor]]
 #: Recurrent drive function: transmitted outputs of all populations at step t -> drive of each.
 RecurrentFn = Callable[[list[Tensor]], list[Drive]]
+
+
+class LinearRecurrentInput(NamedTuple):
+    """A population's recurrence written as one bias-free linear map, which the fused kernels can run.
+
+    The map takes the transmitted spikes of the population at step ``t`` to drive of its first receptor
+    at step ``t + 1``.
+    """
+
+    recurrence: LinearRecurrence
+    weight: Tensor
 
 
 class SimulationResult(NamedTuple):
@@ -38,6 +57,7 @@ def simulate(
     populations: Sequence[Neuron],
     feedforward: Sequence[Drive],
     recurrent: Optional[RecurrentFn] = None,
+    linear_recurrence: Optional[LinearRecurrentInput] = None,
 ) -> SimulationResult:
     """Run ``populations`` over the sequences in ``feedforward``, coupled through ``recurrent``.
 
@@ -48,6 +68,9 @@ def simulate(
             neurons integrate it at step ``t + 1``.
         recurrent: Function mapping the transmitted outputs of every population at step ``t`` to
             additional drive for each population, delivered at step ``t + 1`` as well.
+        linear_recurrence: The same recurrence as ``recurrent``, given as a linear map of a single
+            population's spikes; with it the fused kernels can run recurrent populations. It must
+            describe exactly what ``recurrent`` computes.
 
     Returns:
         The output and transmitted sequences of every population.
@@ -73,6 +96,12 @@ def simulate(
                     f"{tuple(drive.shape)}, expected {expected}."
                 )
 
+    reason = _unfused_reason(populations, feedforward, recurrent, linear_recurrence)
+    if reason is None and kernels_enabled():
+        return _simulate_fused(populations[0], feedforward[0], linear_recurrence, batch_size, num_steps)
+    if reason is not None and fused_required():
+        raise NotImplementedError(f"The fused kernel backend cannot run this simulation: {reason}.")
+
     # Each population starts from a fresh state and an empty delay line, or from what it carried over.
     states, pending = [], []
     for population in populations:
@@ -96,6 +125,10 @@ def simulate(
     outputs: list[list[Tensor]] = [[] for _ in populations]
     records: list[dict[str, list[Tensor]]] = [{name: [] for name in p.record} for p in populations]
 
+    # Split every drive into its steps once. Indexing drive[:, t] in the loop instead would make the
+    # backward pass fill a full-size zero gradient for every step, which costs O(T^2) memory traffic.
+    drive_steps = [[None if drive is None else drive.unbind(1) for drive in drives] for drives in feedforward]
+
     for t in range(num_steps):
         transmitted_now = []
         for index, population in enumerate(populations):
@@ -108,10 +141,10 @@ def simulate(
 
         # The drive produced now arrives at the next step.
         recurrent_drive = recurrent(transmitted_now) if recurrent is not None else None
-        for index, drives in enumerate(feedforward):
+        for index, drives in enumerate(drive_steps):
             new_pending = []
-            for receptor_index, drive in enumerate(drives):
-                total = drive[:, t] if drive is not None else None
+            for receptor_index, steps in enumerate(drives):
+                total = steps[t] if steps is not None else None
                 if recurrent_drive is not None:
                     total = _add(total, recurrent_drive[index][receptor_index])
                 if total is None:
@@ -129,3 +162,83 @@ def simulate(
         population.end_state((states[index], pending[index]))
 
     return SimulationResult(outputs=result_outputs, transmitted=result_transmitted)
+
+
+def _unfused_reason(
+    populations: Sequence[Neuron],
+    feedforward: Sequence[Drive],
+    recurrent: Optional[RecurrentFn],
+    linear_recurrence: Optional[LinearRecurrentInput],
+) -> Optional[str]:
+    """Return why the fused kernels cannot run this simulation, or None when they can."""
+    if len(populations) != 1:
+        return "it couples several populations"
+    population = populations[0]
+    if type(population) not in (LIF, LeakyReadout):
+        return f"{type(population).__name__} has no fused kernel (LIF and LeakyReadout have)"
+    if population.record:
+        return "state variables are recorded"
+    drive = feedforward[0][0]
+    if drive is None or not drive.is_floating_point():
+        return "the population has no floating-point feed-forward drive"
+    if recurrent is not None:
+        if linear_recurrence is None:
+            return "the recurrence is not a bias-free dense or convolutional connection"
+        if not population.spiking:
+            return "a non-spiking population is recurrent"
+    if population.spiking and not supports_surrogate(population.surrogate):
+        return f"the surrogate {type(population.surrogate).__name__} does not fire with a Heaviside step"
+    return None
+
+
+def _simulate_fused(
+    population: Neuron,
+    drives: Drive,
+    linear_recurrence: Optional[LinearRecurrentInput],
+    batch_size: int,
+    num_steps: int,
+) -> SimulationResult:
+    """Run one LIF or readout population through its fused sequence kernel."""
+    drive = drives[0]
+    device, dtype = drive.device, drive.dtype
+
+    def make_fresh():
+        state = population.initial_state(batch_size, device, dtype)
+        zeros = torch.zeros((batch_size, *population.shape), device=device, dtype=dtype)
+        return state, (zeros,)
+
+    state, (pending,) = population.begin_state(batch_size, make_fresh)
+    decays = population.step_parameters()
+
+    if population.spiking:
+        # Drawn at the same point as in the plain loop, so a seeded run draws the same mask.
+        mask = population.transmission_mask((batch_size, num_steps, *population.shape), device, dtype)
+        recurrence = weight = None
+        if linear_recurrence is not None:
+            recurrence, weight = linear_recurrence.recurrence, linear_recurrence.weight
+        result = lif_sequence(
+            drive,
+            state.mem,
+            state.syn,
+            pending,
+            decays.mem,
+            decays.syn,
+            threshold=population.threshold,
+            surrogate=population.surrogate,
+            diff_reset=population.diff_reset,
+            clamp_max=population.threshold + 0.01 if population.clamp_mem else None,
+            recurrence=recurrence,
+            recurrent_weight=weight,
+            mask=mask,
+        )
+        outputs = result.spikes
+        transmitted = outputs if mask is None else outputs * mask
+        final_state = LIFState(mem=result.mem, syn=result.syn)
+    else:
+        result = readout_sequence(drive, state.mem, state.syn, pending, decays.mem, decays.syn)
+        outputs = transmitted = result.output
+        final_state = ReadoutState(mem=result.mem, syn=result.syn)
+
+    population.recorded = {}
+    population.end_state((final_state, (result.pending,)))
+    return SimulationResult(outputs=[outputs], transmitted=[transmitted])
