@@ -57,7 +57,9 @@ def free_port() -> int:
 def test_ddp_ranks_start_from_rank_zero_weights(tmp_path):
     script = tmp_path / "ddp_init.py"
     script.write_text(SCRIPT.format(tests=str(TESTS)))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    # Rank and seed variables left by earlier in-process runs would confuse the launcher.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PL_", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK"))}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
     )
@@ -68,5 +70,5 @@ def test_ddp_ranks_start_from_rank_zero_weights(tmp_path):
         match = re.fullmatch(r"rank (\d+) weight sum (\S+)", line.strip())
         if match:
             sums[int(match.group(1))] = match.group(2)
-    assert set(sums) == {0, 1}
+    assert set(sums) == {0, 1}, result.stdout[-3000:] + result.stderr[-3000:]
     assert sums[0] == sums[1]
