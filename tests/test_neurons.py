@@ -312,6 +312,13 @@ def test_nonpositive_threshold_is_rejected():
         LIF(threshold=-1.0)
 
 
-def test_time_step_longer_than_tau_warns():
+def test_time_units_in_milliseconds_warn():
     with pytest.warns(UserWarning, match="milliseconds"):
         LIF(tau_mem=20e-3, tau_syn=10e-3).build(3, dt=1.0)
+    with pytest.warns(UserWarning, match="milliseconds"):
+        LIF(tau_mem=20.0, tau_syn=10.0).build(3, dt=1e-3)
+
+
+def test_coarse_time_step_does_not_warn(recwarn):
+    LIF(tau_mem=20e-3, tau_syn=5e-3).build(3, dt=10e-3)
+    assert not [w for w in recwarn if "milliseconds" in str(w.message)]

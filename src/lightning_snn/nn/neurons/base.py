@@ -101,13 +101,15 @@ class Neuron(StatefulModule):
         self.shape = shape
         self.dt = float(dt)
 
-        # dt and the time constants share one unit (seconds); a step longer than a time constant
-        # usually means one of them was given in milliseconds.
-        too_short = {name: tau for name, tau in self.time_constants.items() if tau < dt}
-        if too_short:
+        # dt and the time constants share one unit (seconds). A time constant far below the step, or
+        # one of many seconds, usually means a value was given in milliseconds.
+        suspicious = {
+            name: tau for name, tau in self.time_constants.items() if tau < 0.1 * dt or tau > 10.0
+        }
+        if suspicious:
             warnings.warn(
-                f"{type(self).__name__} has time constants {too_short} shorter than the time step "
-                f"dt={dt}. Both are in seconds; check that neither was given in milliseconds.",
+                f"{type(self).__name__} has time constants {suspicious} (seconds) for a time step "
+                f"dt={dt} s. Both are in seconds; check that neither was given in milliseconds.",
                 stacklevel=3,
             )
 
