@@ -1,8 +1,8 @@
 """An independent float64 NumPy re-statement of Stork's step-by-step execution model.
 
-The library simulates layer after layer over whole sequences; this module instead advances every group
+The library simulates layer after layer over whole sequences. This module instead advances every group
 by one step, then lets every connection add its projection of the current output into the target
-group's input buffer for the next step, exactly as Stork's ``RecurrentSpikingModel.run`` does. Each
+group's input buffer for the next step, as Stork's ``RecurrentSpikingModel.run`` does. Each
 group's update is written from the published equations, not from the library's code. Tests compare the
 two on random networks.
 """

@@ -80,7 +80,7 @@ class DigitsDataModule(SpikeDataModule):
     The split is stratified by class and seeded by ``data_seed``, so every DDP rank builds the same
     splits. Latency rasters are fixed. Poisson rasters are drawn anew on every access for training, from
     the global torch RNG that ``seed_everything`` seeds. Validation and test rasters are drawn once from
-    seeds derived from ``data_seed``, so evaluation always sees the same spikes.
+    seeds derived from ``data_seed``, so every evaluation uses the same spikes.
 
     Batches are ``(x, y)`` with ``x`` float32 ``(batch, num_steps, 64)`` of 0/1 and ``y`` int64.
 

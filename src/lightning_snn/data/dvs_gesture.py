@@ -207,7 +207,7 @@ def write_frame_cache(
     ``offsets[i]:offsets[i + 1]``), the raw entry arrays ``frame_index.bin`` (int32), ``channel.bin``
     (int32, ``polarity * height * width + y * width + x``) and ``count.bin`` (int16), and ``meta.json``.
     Everything is written to a temporary folder that is renamed into place at the end, so readers never
-    see a partial cache; if another process finished first, its cache is kept.
+    see a partial cache. If another process finished first, its cache is kept.
 
     Args:
         dataset: Sequence of ``(events, label)`` pairs, as ``tonic.datasets.DVSGesture`` returns.
