@@ -322,3 +322,26 @@ def test_time_units_in_milliseconds_warn():
 def test_coarse_time_step_does_not_warn(recwarn):
     LIF(tau_mem=20e-3, tau_syn=5e-3).build(3, dt=10e-3)
     assert not [w for w in recwarn if "milliseconds" in str(w.message)]
+
+
+def test_learnable_adaptive_lif_trace_by_hand():
+    # tau_ada * sigmoid(0) = TAU_HALF gives an adaptation decay of 1/2 and spike input scale 1 - 1/2.
+    neuron = LearnableAdaptiveLIF(TAU_HALF, TAU_HALF, tau_ada=2 * TAU_HALF, threshold=0.5, record=("mem", "ada"))
+    neuron.build((2,), HALF_LIFE_DT)
+    with torch.no_grad():
+        neuron.ada_timescale_param.zero_()
+        neuron.adapt_strength.copy_(torch.tensor([1.0, 0.0]))
+    drive = [[2.0, 2.0], [2.0, 2.0]] + [[0.0, 0.0]] * 6
+    spikes = run_single(neuron, [drive], shape=(2,))
+
+    # Both neurons: I_t = 0, 0, 2, 3, 1.5, 0.75, 0.375, ...; U_3 = 1 -> spike at 3 and reset.
+    # Neuron 0 (b = 1): A_5 = 0.5 * s_3 = 0.5, A_6 = 0.25 + 0.5 * s_4 = 0.25, so
+    # U_5 = 0.5 * (I_4 - A_4) = 0.75 -> spike at 5; U_7 = 0.5 * (I_6 - A_6) = 0.5 * (0.375 - 0.25).
+    # Neuron 1 (b = 0) follows the plain LIF: the same spikes, U_7 = 0.5 * 0.375.
+    assert spikes[:, 0].tolist() == [0, 0, 0, 1, 0, 1, 0, 0]
+    assert spikes[:, 1].tolist() == [0, 0, 0, 1, 0, 1, 0, 0]
+    ada = neuron.recorded["ada"][0]
+    mem = neuron.recorded["mem"][0]
+    assert ada[:7, 0].tolist() == [0.0, 0.0, 0.0, 0.0, 0.5, 0.25, 0.625]
+    assert mem[6, 0].item() == 0.5 * (0.375 - 0.25)
+    assert mem[6, 1].item() == 0.5 * 0.375
