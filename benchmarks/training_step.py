@@ -317,8 +317,11 @@ def machine_info(threads: int) -> dict:
             versions[name] = version(name)
         except Exception:  # noqa: BLE001 - a missing peer is reported, not fatal
             versions[name] = "not installed"
+    # Allocator settings change the step times of large-tensor code severalfold, so they are recorded.
+    allocator = {name: value for name, value in os.environ.items()
+                 if name == "THP_MEM_ALLOC_ENABLE" or name.startswith("MALLOC_")}
     return {"cpu": model, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "threads": threads,
-            "versions": versions}
+            "versions": versions, "allocator_environment": allocator}
 
 
 def load_average() -> str:

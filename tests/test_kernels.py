@@ -5,6 +5,8 @@ gradients of every parameter equal to float rounding. Dropout masks come from a 
 both paths draw the same mask.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -280,3 +282,34 @@ def test_backward_in_several_chunks_matches_plain(monkeypatch):
     randomize(network, scale=5.0)
     network.train()
     assert_paths_agree(network, poisson(3, 40, 16))
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_conv_sequence_in_blocks_matches_one_conv(monkeypatch, dims):
+    import lightning_snn.nn.connections as connections
+
+    if dims == 1:
+        connection, in_shape = connections.Conv1d(4, 3, padding=1, bias=True), (2, 9)
+    else:
+        connection, in_shape = connections.Conv2d(4, 3, padding=2, bias=True), (2, 6, 5)
+    connection.build(in_shape)
+    frame_bytes = 4 * (math.prod(in_shape) + math.prod(connection.out_shape))
+    # Three frames per block, so the 3 x 5 frames of the sequence take four full blocks and a partial one.
+    monkeypatch.setattr(connections, "_CONV_BLOCK_BYTES", 3 * frame_bytes + 1)
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 5, *in_shape, generator=generator) < 0.3).float().requires_grad_()
+    grad_drive = torch.randn(3, 5, *connection.out_shape, generator=generator)
+
+    drive = connection(x)
+    drive.backward(grad_drive)
+    conv = F.conv1d if dims == 1 else F.conv2d
+    weight = connection.weight.detach().clone().requires_grad_()
+    bias = connection.bias.detach().clone().requires_grad_()
+    frames = x.detach().reshape(15, *in_shape).requires_grad_()
+    expected = conv(frames, weight, bias, 1, connection.padding)
+    expected.backward(grad_drive.reshape(expected.shape))
+
+    torch.testing.assert_close(drive.reshape(expected.shape), expected, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad.reshape(frames.shape), frames.grad)
+    torch.testing.assert_close(connection.weight.grad, weight.grad)
+    torch.testing.assert_close(connection.bias.grad, bias.grad)

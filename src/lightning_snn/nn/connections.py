@@ -18,6 +18,11 @@ from lightning_snn.nn.constraints import WeightConstraint
 Shape = tuple[int, ...]
 IntOrTuple = Union[int, Sequence[int]]
 
+# Input plus output bytes of one convolution call when a connection projects a whole sequence.
+# NOTE: 2, 4 and 8 MiB ran equally fast for the conv benchmark networks (benchmarks/networks.py) on
+# one thread of an AMD EPYC with 2 MiB L2 per core. Other CPUs may prefer another size.
+_CONV_BLOCK_BYTES = 4 << 20
+
 
 class Connection(nn.Module):
     """Base of all connections.
@@ -108,8 +113,12 @@ class Connection(nn.Module):
             )
         x = self._prepare(x)
         batch_size, num_steps = x.shape[:2]
-        drive = self.project(x.reshape(batch_size * num_steps, *expected))
+        drive = self._project_frames(x.reshape(batch_size * num_steps, *expected))
         return drive.reshape(batch_size, num_steps, *self.out_shape)
+
+    def _project_frames(self, frames: Tensor) -> Tensor:
+        """Project the ``(batch * time, *in_shape)`` frames of a whole sequence."""
+        return self.project(frames)
 
     def step(self, x: Tensor) -> Tensor:
         """Project one time step ``(batch, *in_shape)`` to ``(batch, *out_shape)``."""
@@ -258,6 +267,17 @@ class _ConvConnection(Connection):
 
     def project(self, x: Tensor) -> Tensor:
         return self.op(x)
+
+    def _project_frames(self, frames: Tensor) -> Tensor:
+        # One convolution over all batch * time frames needs temporaries of hundreds of MiB, above all
+        # in its backward pass. glibc maps such buffers fresh on every call, and their page faults
+        # cost more than the arithmetic. Blocks of frames give the same drive, because every frame
+        # is convolved on its own, and reuse small buffers instead.
+        frame_bytes = frames.element_size() * (math.prod(self.in_shape) + math.prod(self.out_shape))
+        block = max(1, _CONV_BLOCK_BYTES // frame_bytes)
+        if block >= frames.shape[0] or torch.compiler.is_compiling():
+            return self.project(frames)
+        return torch.cat([self.project(part) for part in frames.split(block)])
 
 
 class Conv1d(_ConvConnection):
