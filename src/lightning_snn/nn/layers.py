@@ -25,8 +25,8 @@ from lightning_snn.nn.simulation import LinearRecurrentInput, simulate
 
 Shape = tuple[int, ...]
 ShapeLike = Union[int, Sequence[int]]
-#: Activity regularizers and weight penalties are modules (``lightning_snn.regularizers``) so that a
-#: YAML file can give them by ``class_path``; any module mapping a tensor to a scalar works.
+#: Activity regularizers and weight penalties are modules (``lightning_snn.regularizers``), so that a
+#: YAML file can give them by ``class_path``. Any module that maps a tensor to a scalar works.
 Penalty = nn.Module
 
 
@@ -36,7 +36,7 @@ def as_shape(shape: ShapeLike) -> Shape:
 
 class LayerOutput(NamedTuple):
     transmitted: Tensor
-    """What the next layers receive, ``(batch, time, *output_shape)`` (spikes after dropout)."""
+    """Output passed to the next layers, ``(batch, time, *output_shape)`` (spikes after dropout)."""
     spikes: dict[str, Tensor]
     """Spike sequence of each population of the layer, keyed by population name (before dropout)."""
 

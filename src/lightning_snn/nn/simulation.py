@@ -1,9 +1,9 @@
 """Sequence driver: runs neuron populations over time with one-step synaptic delays.
 
-Feed-forward drive is computed for all time steps at once by the caller (one matmul or convolution over
-the whole sequence); only the recurrence runs in the Python loop here. Every connection delays by one
-step: the drive ``X_t`` that the presynaptic spikes of step ``t`` produce is what the neurons integrate at
-step ``t + 1``.
+The caller computes the feed-forward drive for all time steps at once (one matmul or convolution over
+the whole sequence), so only the recurrence runs in the Python loop here. Every connection delays by
+one step: the neurons integrate at step ``t + 1`` the drive ``X_t`` that presynaptic spikes of step
+``t`` produce.
 
 A single ``LIF`` or ``LeakyReadout`` population runs through a fused sequence kernel from
 :mod:`lightning_snn.kernels` instead of the loop when the selected backend allows it and the kernel
