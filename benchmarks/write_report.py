@@ -34,9 +34,9 @@ BACKENDS = """## Backends
 `lightning_snn.kernels.set_backend(name)` (or the `use_backend(name)` context manager) selects how
 populations run:
 
-- `"auto"` (default): `LIF` and `LeakyReadout` populations run through fused sequence kernels, a
-  hand-written backward pass through time, when every feature in use is supported: the Heaviside
-  surrogates (all but `MultiSpike` and `EscapeNoiseSpike`), detached or differentiable reset,
+- `"auto"` (default): `LIF` and `LeakyReadout` populations run through fused sequence kernels with
+  a hand-written backward pass through time. They do so when the kernels support every feature in
+  use: the Heaviside surrogates (all but `MultiSpike` and `EscapeNoiseSpike`), detached or differentiable reset,
   `clamp_mem`, dropout, stateful carry, heterogeneous and learnable time constants, and a bias-free
   dense or stride-1 convolutional recurrence. Everything else (adaptive and E/I neurons, Dale's
   layers, recorded state variables, other recurrences, a connection under an initializer's probe)
@@ -133,11 +133,14 @@ def render(report: dict, source: str) -> str:
         + (" (quick mode: 20 time steps)." if report.get("quick") else "."),
         f"- Command: `{report['command']}`, then `python benchmarks/write_report.py {source}`.",
         "",
-        "Networks: `ff3` is 700 → 3 × 128 LIF → 20 readout (T = 100, `ff3_T350` T = 350); `rec1` is 700 → "
-        "256 recurrent LIF → 20 (T = 100); `conv1d` is Stork's recurrent convolutional SHD network (three "
-        "recurrent Conv1d layers with 16/32/64 filters, kernels 21/7/7, strides 10/3/3, recurrent kernel 5, "
-        "readout from 320 units; T = 100); `conv2d` is Stork's DVS network on 2 × 32 × 32 frames (two blocks "
-        "of two Conv2d k3 p2 and a 2 × 2 max-pool, 16 and 32 filters; T = 100, batch 8). Batch 64 otherwise.",
+        "Networks (batch 64 unless noted):",
+        "",
+        "- `ff3`: 700 → 3 × 128 LIF → 20 readout, T = 100 (`ff3_T350`: T = 350).",
+        "- `rec1`: 700 → 256 recurrent LIF → 20, T = 100.",
+        "- `conv1d`: Stork's recurrent convolutional SHD network. Three recurrent Conv1d layers with 16/32/64 "
+        "filters, kernels 21/7/7, strides 10/3/3 and recurrent kernel 5, read out from 320 units; T = 100.",
+        "- `conv2d`: Stork's DVS network on 2 × 32 × 32 frames. Two blocks of two Conv2d k3 p2 and a 2 × 2 "
+        "max-pool, 16 and 32 filters; T = 100, batch 8.",
         "",
         "Libraries:",
         "",
@@ -188,9 +191,10 @@ def render(report: dict, source: str) -> str:
         lines += [
             "## Data path",
             "",
-            "Samples per second read by one process (one DataLoader worker) from generated files: an "
-            "SHD-layout HDF5 file (2,000–4,000 spikes per sample, binned to 1,000 steps × 700 units) and a "
-            "DVS Gesture frame cache (300,000 events per recording, 32 × 32 frames, 100-frame random crops).",
+            "Samples per second read by one process (one DataLoader worker) from generated files. The SHD "
+            "reader reads an SHD-layout HDF5 file (2,000–4,000 spikes per sample, binned to 1,000 steps × 700 "
+            "units). The DVS reader reads a DVS Gesture frame cache (300,000 events per recording, 32 × 32 "
+            "frames, 100-frame random crops).",
             "",
             "| reader | samples/s | item shape |",
             "|---|---:|---|",

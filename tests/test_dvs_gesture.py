@@ -202,10 +202,10 @@ def test_thinning_keeps_fraction(gesture_dir, tmp_path):
     cache = datamodule.cache_path("train")
     thinned = DVSGestureFrames(cache, num_steps=100, random_crop=True, drop_probability=0.5)
     total = DVSGestureFrames(cache, num_steps=100)[0][0].sum().item()
-    kept = np.mean([thinned[0][0].sum().item() for _ in range(5)])
+    kept_events = np.mean([thinned[0][0].sum().item() for _ in range(5)])
     assert total == 20000
     # Binomial(20000, 0.5) over 5 draws: the mean has a standard deviation of 32 events.
-    assert abs(kept / total - 0.5) < 0.02
+    assert abs(kept_events / total - 0.5) < 0.02
 
 
 def test_binary_clamps_counts(gesture_dir, tmp_path):

@@ -14,7 +14,7 @@ DEFAULT_FILE_NAME = "predictions.pt"
 class PredictionWriter(BasePredictionWriter):
     """Write the class probabilities of a ``predict`` run to one ``.pt`` file per dataloader.
 
-    The file holds a dict that ``torch.load(path)`` reads back:
+    The file contains a dict that ``torch.load(path)`` reads back:
 
     * ``probabilities``: float tensor ``(samples, classes)``, the output of the model's ``predict_step``
       (each row sums to 1 for :class:`~lightning_snn.tasks.SNNClassifier`).

@@ -268,10 +268,9 @@ class DVSGestureDataModule(SpikeDataModule):
     contains a hash of dt, the frame size, the tonic version and the list of recording files, so
     changing any of them builds a new cache instead of serving stale frames.
 
-    Differences from Stork's DVS Gesture example, which used the same 2 ms frames of 32x32 pixels,
-    500 steps and drop probability 0.5: there, events were dropped and the 500 frames cropped at random
-    in the test set as well, so test metrics varied between runs, and recordings of 500 frames or fewer
-    raised an error. Here validation and test items are deterministic crops from frame 0, short
+    Stork's DVS Gesture example used the same 2 ms frames of 32x32 pixels, 500 steps and drop
+    probability 0.5. It also dropped events and cropped the 500 frames at random in the test set, so
+    test metrics varied between runs, and recordings of 500 frames or fewer raised an error. Here validation and test items are deterministic crops from frame 0, short
     recordings are zero-padded, and part of the training set can be held out for validation (Stork held
     out none).
 

@@ -30,8 +30,8 @@ def _min_max_scale(x: Tensor) -> Tensor:
 class LatencyEncoder(nn.Module):
     """Time-to-first-spike coding: a stronger input fires earlier, and each unit fires at most once.
 
-    An input ``x`` is treated as a constant current into a leaky integrator with time constant ``tau``
-    and firing threshold ``threshold``, in the units of ``x``. The membrane reaches the threshold after::
+    The encoder computes when a leaky integrator (time constant ``tau``, threshold ``threshold`` in the
+    units of ``x``) driven by the constant current ``x`` would reach its threshold. The membrane reaches the threshold after::
 
         T = tau_eff * ln(x / (x - threshold))   for x > threshold,   tau_eff = tau / dt  (in steps)
 

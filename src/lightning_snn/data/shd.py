@@ -676,7 +676,7 @@ class SpokenDigitsDataModule(SpikeDataModule):
 
     The file contains one recording per class: labels 0-9 are the English digits zero to nine (speaker 0)
     and labels 10-19 the Italian digits (speaker 1). The audio was converted with the ``lauscher``
-    cochlea model, which also produced SHD, on 700 channels. The longest sample ends at 0.91 s, hence
+    cochlea model, which also produced SHD, on 700 channels. The last spike of any sample comes at 0.91 s, hence
     the 1 s default window. With one sample per class, train, validation and test all read the same
     file. Use it to run the SHD code path on real spikes offline (shapes, rates, plots, overfitting a
     model), not to measure generalization.

@@ -1,8 +1,8 @@
 """Linear recurrent projections (dense or convolutional) together with their adjoints.
 
-The fused kernels run a population's recurrence themselves, so they need the forward map of the
-transmitted spikes to the drive of the next step, its transpose for the backward pass through time,
-and the weight gradient over the whole sequence. The weight gradient is one matmul or one convolution
+The fused kernels run a population's recurrence themselves. They need three maps: transmitted spikes
+to the drive of the next step, its transpose for the backward pass through time, and the weight
+gradient over the whole sequence. The weight gradient is one matmul or one convolution
 over all time steps, computed after the backward loop.
 """
 

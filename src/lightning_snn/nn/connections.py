@@ -28,9 +28,9 @@ class Connection(nn.Module):
     """Base of all connections.
 
     Args:
-        target: Receptor of the postsynaptic neurons that this connection drives (``"input"`` for
-            single-current models, ``"exc"`` or ``"inh"`` for E/I models); the neuron's first receptor
-            when omitted.
+        target: Receptor of the postsynaptic neurons that this connection drives: ``"input"`` for
+            single-current models, ``"exc"`` or ``"inh"`` for E/I models. When omitted, the neuron's
+            first receptor.
         propagate_gradients: When False, the presynaptic spikes are detached so that no gradient flows
             back through this connection into earlier layers (its own weights still learn).
         requires_grad: Train the weights (False freezes them).
