@@ -122,10 +122,17 @@ def _make_step(library: str, network: str, quick: bool):
     return step, info
 
 
-def run_worker(library: str, network: str, threads: int, quick: bool) -> None:
+def run_worker(library: str, network: str, threads: int, quick: bool, allocator: str = "retain") -> None:
     """Serve ``run K`` commands on stdin with one JSON line each on stdout until ``quit``."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library output goes to stderr and cannot garble the protocol
+
+    if allocator == "retain":
+        # Every library gets the allocator setting that the lightning-snn command applies, so that
+        # the comparison measures the libraries and not glibc's page faults.
+        from lightning_snn.allocator import retain_freed_memory
+
+        retain_freed_memory()
 
     import torch
 
@@ -204,9 +211,9 @@ def run_density_sweep(threads: int, densities=(0.01, 0.03, 0.1, 0.2, 0.3, 0.5)) 
 class Worker:
     """A worker process and a reader thread that forwards its protocol lines."""
 
-    def __init__(self, library: str, network: str, threads: int, quick: bool) -> None:
+    def __init__(self, library: str, network: str, threads: int, quick: bool, allocator: str) -> None:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", library, network,
-                   "--threads", str(threads)] + (["--quick"] if quick else [])
+                   "--threads", str(threads), "--allocator", allocator] + (["--quick"] if quick else [])
         environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.library = library
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -251,7 +258,7 @@ def benchmark_network(network: str, libraries, args) -> dict:
     results: dict[str, dict] = {}
     workers = []
     for library in libraries:
-        worker = Worker(library, network, args.threads, args.quick)
+        worker = Worker(library, network, args.threads, args.quick, args.allocator)
         try:
             ready = worker.receive(timeout=args.warmup_timeout)
             workers.append(worker)
@@ -339,6 +346,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="20 time steps, 2 rounds of 2 steps, no compile.")
     parser.add_argument("--warmup-timeout", type=float, default=300.0, help="Seconds allowed to build and warm up.")
     parser.add_argument("--step-timeout", type=float, default=600.0, help="Seconds allowed per round of steps.")
+    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                        help="'retain': every worker keeps freed memory for reuse, as the lightning-snn "
+                             "command does (lightning_snn.allocator); 'default': glibc's own settings.")
     parser.add_argument("--no-extras", action="store_true", help="Skip the GEMM rate, density sweep and data path.")
     parser.add_argument("--output", default=None, help="JSON file for the results.")
     parser.add_argument("--worker", nargs=2, metavar=("LIBRARY", "NETWORK"), help=argparse.SUPPRESS)
@@ -355,7 +365,7 @@ def _runs_on(library: str, network: str, quick: bool) -> bool:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        run_worker(*args.worker, threads=args.threads, quick=args.quick)
+        run_worker(*args.worker, threads=args.threads, quick=args.quick, allocator=args.allocator)
         return
 
     import networks
@@ -373,7 +383,7 @@ def main(argv=None) -> None:
 
     report = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine_info(args.threads), "rounds": args.rounds, "steps": args.steps,
-              "quick": args.quick, "load_before": load_average(), "networks": {}}
+              "quick": args.quick, "allocator": args.allocator, "load_before": load_average(), "networks": {}}
     if not args.no_extras:
         report["gemm_gflops"] = run_gemm(args.threads)
         print(f"GEMM: {report['gemm_gflops']:.1f} GFLOP/s", file=sys.stderr)
