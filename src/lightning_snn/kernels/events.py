@@ -7,7 +7,7 @@ costs one pass over the input, so the event path pays off only below a density t
 wide enough outputs; :func:`prefers_events` makes that choice from a sample of the input.
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,50 +67,110 @@ def _sort_key_dtype(size: int) -> torch.dtype:
     return torch.int64
 
 
+# Integer types of the same width as each float type. Searching the bit patterns for nonzero entries is
+# faster than comparing floats. The patterns differ from the float test only at -0.0, which becomes an
+# event of value -0.0 that adds nothing.
+_SAME_WIDTH_INTEGER = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def nonzero_indices(flat: Tensor) -> Tensor:
+    """Return the indices of the nonzero entries of the 1-D tensor ``flat``, in increasing order."""
+    bits = _SAME_WIDTH_INTEGER.get(flat.dtype)
+    if bits is not None and flat.is_contiguous():
+        flat = flat.view(bits)
+    return flat.nonzero().squeeze(1)
+
+
+class Events(NamedTuple):
+    """The nonzero entries of a 2-D tensor ``(num_rows, num_columns)``, in row-major order."""
+
+    rows: Tensor
+    """Row of every event, in increasing order."""
+    columns: Tensor
+    """Column of every event."""
+    scales: Optional[Tensor]
+    """Value of every event, or None when all values are 1 (binary spikes need no per-event scale)."""
+    num_rows: int
+    num_columns: int
+
+    @property
+    def count(self) -> int:
+        return self.columns.numel()
+
+
+def find_events(x: Tensor) -> Events:
+    """Return the nonzero entries of the 2-D tensor ``x``."""
+    num_rows, num_columns = x.shape
+    flat = x.reshape(-1)
+    flat_index = nonzero_indices(flat)
+    rows = torch.div(flat_index, num_columns, rounding_mode="floor")
+    columns = flat_index - rows * num_columns
+    values = flat.index_select(0, flat_index)
+    scales = None if bool((values == 1).all()) else values
+    return Events(rows, columns, scales, num_rows, num_columns)
+
+
+def events_matmul(events: Events, weight_t: Tensor) -> Tensor:
+    """Return ``x @ weight_t`` for the ``x`` that ``events`` describe; ``weight_t`` is contiguous.
+
+    Each output row sums the rows of ``weight_t`` selected by the columns of its events.
+    """
+    row_offsets = torch.searchsorted(events.rows, torch.arange(events.num_rows, device=events.rows.device))
+    return F.embedding_bag(
+        events.columns, weight_t, row_offsets, mode="sum", per_sample_weights=events.scales
+    )
+
+
+def events_weight_gradient(events: Events, grad_output: Tensor) -> Tensor:
+    """Return ``grad_output.T @ x`` ``(out_features, num_columns)`` for the ``x`` that ``events`` describe.
+
+    Args:
+        events: Events of the input ``x`` ``(n, num_columns)``.
+        grad_output: Gradient w.r.t. ``x @ weight.T``, contiguous, ``(n, out_features)``.
+    """
+    # Group the events by input column; each column's gradient sums the rows it fired in.
+    columns = events.columns
+    order = torch.argsort(columns.to(_sort_key_dtype(events.num_columns)), stable=True)
+    counts = torch.bincount(columns, minlength=events.num_columns)
+    column_offsets = torch.cumsum(counts, 0) - counts
+    column_scales = None if events.scales is None else events.scales.index_select(0, order)
+    return F.embedding_bag(
+        events.rows.index_select(0, order),
+        grad_output,
+        column_offsets,
+        mode="sum",
+        per_sample_weights=column_scales,
+    ).t()
+
+
 class _EventLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        num_rows, in_features = x.shape
-        flat = x.reshape(-1)
-        flat_index = flat.nonzero().squeeze(1)
-        rows = torch.div(flat_index, in_features, rounding_mode="floor")
-        columns = flat_index - rows * in_features
-        values = flat.index_select(0, flat_index)
-        # Binary spikes need no per-event scale, which saves a multiply per event.
-        scales = None if bool((values == 1).all()) else values
-        row_offsets = torch.searchsorted(rows, torch.arange(num_rows, device=x.device))
-
-        output = F.embedding_bag(
-            columns, weight.t().contiguous(), row_offsets, mode="sum", per_sample_weights=scales
-        )
+        events = find_events(x)
+        output = events_matmul(events, weight.t().contiguous())
         if bias is not None:
             output = output + bias
 
-        ctx.save_for_backward(rows, columns, scales, weight)
+        ctx.events = events._replace(rows=None, columns=None, scales=None)
+        ctx.save_for_backward(events.rows, events.columns, events.scales, weight)
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         rows, columns, scales, weight = ctx.saved_tensors
+        events = ctx.events._replace(rows=rows, columns=columns, scales=scales)
         grad_output = grad_output.contiguous()
         grad_x = grad_weight = grad_bias = None
 
         if ctx.needs_input_grad[0]:
             grad_x = grad_output @ weight
         if ctx.needs_input_grad[1]:
-            # Group the events by input column; each column's gradient sums the rows it fired in.
-            in_features = weight.shape[1]
-            order = torch.argsort(columns.to(_sort_key_dtype(in_features)), stable=True)
-            counts = torch.bincount(columns, minlength=in_features)
-            column_offsets = torch.cumsum(counts, 0) - counts
-            column_scales = None if scales is None else scales.index_select(0, order)
-            grad_weight = F.embedding_bag(
-                rows.index_select(0, order),
-                grad_output,
-                column_offsets,
-                mode="sum",
-                per_sample_weights=column_scales,
-            ).t()
+            grad_weight = events_weight_gradient(events, grad_output)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0)
         return grad_x, grad_weight, grad_bias

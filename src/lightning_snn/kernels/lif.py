@@ -21,7 +21,9 @@ pass is the adjoint recurrence, run backwards in time::
 with ``g_t = dL/dU_{t+1} * (1 - S_t) * [not clamped]``; a differentiable reset adds
 ``-dL/dU_{t+1} * [not clamped] * V_t`` to ``dL/dS_t``. Each step applies the same elementary float
 operations as the step function, so spikes and states equal those of the plain loop bit for bit.
-Gradients equal autograd's up to float rounding.
+The one exception is a dense recurrence fed with sparse spikes, which sums the recurrent drive event
+by event (see :mod:`.recurrence`) in another order than a matmul. Gradients equal autograd's up to
+float rounding.
 """
 
 from typing import NamedTuple, Optional, Union
@@ -29,6 +31,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from lightning_snn.kernels import cpu_steps
 from lightning_snn.kernels._reduce import as_constant, decay_gradient, needs_grad
 from lightning_snn.kernels.recurrence import LinearRecurrence
 from lightning_snn.surrogate import SurrogateSpike
@@ -71,6 +74,129 @@ def supports_surrogate(surrogate: SurrogateSpike) -> bool:
     )
 
 
+def _per_neuron(decay: Tensor, shape: torch.Size) -> Tensor:
+    """Return a decay tensor as one contiguous value per neuron, as the C++ steps read it."""
+    return torch.broadcast_to(decay.detach(), shape).contiguous()
+
+
+def _forward_step_function(options, threshold, clamp_max, decay_mem, one_minus_decay_mem, decay_syn, like):
+    """Return ``step(mem, syn, pending, spikes, new_mem, new_syn, not_clamped)`` for one time step.
+
+    It writes ``S_t`` into ``spikes``, ``U_{t+1}`` into ``new_mem``, ``I_{t+1}`` into ``new_syn`` and,
+    with a clip, whether ``U_{t+1}`` stayed below it into ``not_clamped``. The fused C++ step runs when
+    it is compiled, the torch ops otherwise; both apply the float operations of ``LIF.step`` in its
+    order, so both match it bit for bit.
+    """
+    steps = cpu_steps.available_for(like)
+    if steps is not None:
+        shape = like.shape[1:]
+        lambda_mem, leak = _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape)
+        lambda_syn = _per_neuron(decay_syn, shape)
+
+        def fused_step(mem, syn, pending, spikes, new_mem, new_syn, not_clamped):
+            steps.forward_step(
+                mem, syn, pending, lambda_mem, leak, lambda_syn, options.threshold, options.clamp_max,
+                spikes, new_mem, new_syn, not_clamped,
+            )
+
+        return fused_step
+
+    scratch = torch.empty_like(like)
+    keep = torch.empty_like(like)
+
+    def torch_step(mem, syn, pending, spikes, new_mem, new_syn, not_clamped):
+        # H(U - threshold) and 1 - H(U - threshold), as the surrogate's strict step computes them.
+        # Comparisons write float 0/1 directly, because boolean masks take slower kernels.
+        torch.gt(mem, threshold, out=spikes)
+        torch.le(mem, threshold, out=keep)
+
+        torch.mul(mem, decay_mem, out=new_mem)
+        new_mem.add_(torch.mul(syn, one_minus_decay_mem, out=scratch))
+        new_mem.mul_(keep)
+        if not_clamped is not None:
+            torch.le(new_mem, clamp_max, out=not_clamped)
+            new_mem.clamp_(max=clamp_max)
+
+        torch.mul(syn, decay_syn, out=new_syn)
+        new_syn.add_(pending)
+
+    return torch_step
+
+
+def _backward_step_function(decay_mem, one_minus_decay_mem, decay_syn, like):
+    """Return ``step(adjoint_mem, keep, direct, spike_grad, pseudo_derivative, adjoint_syn_next,
+    new_adjoint_mem, adjoint_syn, grad_membrane_input)`` for one step of the adjoint recurrence.
+
+    It writes ``dL/dU_t`` into ``new_adjoint_mem``, ``dL/dI_t`` into ``adjoint_syn`` and, when given,
+    the gradient w.r.t. the membrane input into ``grad_membrane_input``.
+    """
+    steps = cpu_steps.available_for(like)
+    if steps is not None:
+        shape = like.shape[1:]
+        lambda_mem, leak = _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape)
+        lambda_syn = _per_neuron(decay_syn, shape)
+
+        def fused_step(adjoint_mem, keep, direct, spike_grad, pseudo_derivative, adjoint_syn_next,
+                       new_adjoint_mem, adjoint_syn, grad_membrane_input):
+            steps.backward_step(
+                adjoint_mem, keep, direct, spike_grad, pseudo_derivative, adjoint_syn_next,
+                lambda_mem, leak, lambda_syn, new_adjoint_mem, adjoint_syn, grad_membrane_input,
+            )
+
+        return fused_step
+
+    grad_v = torch.empty_like(like)
+
+    def torch_step(adjoint_mem, keep, direct, spike_grad, pseudo_derivative, adjoint_syn_next,
+                   new_adjoint_mem, adjoint_syn, grad_membrane_input):
+        torch.mul(adjoint_mem, keep, out=grad_v)
+        if grad_membrane_input is not None:
+            grad_membrane_input.copy_(grad_v)
+        # new_adjoint_mem may be adjoint_mem itself, which grad_v no longer needs.
+        torch.addcmul(direct, grad_v, decay_mem, out=new_adjoint_mem)
+        if spike_grad is not None:
+            new_adjoint_mem.addcmul_(spike_grad, pseudo_derivative)
+        torch.mul(adjoint_syn_next, decay_syn, out=adjoint_syn)
+        adjoint_syn.addcmul_(grad_v, one_minus_decay_mem)
+
+    return torch_step
+
+
+def _forward_loop(
+    drive, mem, syn, pending, options, threshold, clamp_max, decay_mem, one_minus_decay_mem, decay_syn,
+    mem_sequence, syn_sequence, not_clamped, spikes, weight, mask,
+):
+    """Run the forward steps one by one, with the recurrence between them; return the final states."""
+    recurrence = options.recurrence
+    num_steps = drive.shape[1]
+    forward_step = _forward_step_function(options, threshold, clamp_max, decay_mem, one_minus_decay_mem, decay_syn, mem)
+    project = None if recurrence is None else recurrence.step_projector(weight)
+    step_spikes = torch.empty_like(mem)
+    final_mem = torch.empty_like(mem)
+    # The current is updated in place here whenever its sequence is not kept; the input stays intact.
+    syn_work = torch.empty_like(syn)
+
+    # Work step by step on (batch, *shape) slices, which stay in cache, because whole-sequence
+    # temporaries would each cost a fresh allocation.
+    for t in range(num_steps):
+        last = t == num_steps - 1
+        # The recurrence reads a contiguous copy of the spikes, so the strided output slice is
+        # not copied again.
+        spikes_out = spikes[:, t] if recurrence is None else step_spikes
+        new_mem = final_mem if last else mem_sequence[t + 1]
+        new_syn = syn_work if (last or syn_sequence is None) else syn_sequence[t + 1]
+        forward_step(mem, syn, pending, spikes_out, new_mem, new_syn, None if not_clamped is None else not_clamped[t])
+
+        if recurrence is None:
+            pending = drive[:, t]
+        else:
+            spikes[:, t].copy_(step_spikes)
+            transmitted = step_spikes if mask is None else step_spikes * mask[:, t]
+            pending = drive[:, t] + project(transmitted)
+        mem, syn = new_mem, new_syn
+    return mem, syn, pending
+
+
 class _LIFSequence(torch.autograd.Function):
     # The saved sequences and the adjoint buffer are time-major, (time, batch, *shape), so that every
     # per-step slice is contiguous. Convolutions would otherwise copy each strided slice first.
@@ -94,44 +220,32 @@ class _LIFSequence(torch.autograd.Function):
         not_clamped = drive.new_empty(time_major) if clamp_max is not None else None
         spikes = drive.new_empty(drive.shape)
 
+        # The fused steps read rows of contiguous memory; copies are made only where needed.
+        drive, pending = drive.contiguous(), pending.contiguous()
         mem_sequence[0].copy_(mem)
+        mem = mem_sequence[0]
         if syn_sequence is not None:
             syn_sequence[0].copy_(syn)
-        scratch = torch.empty_like(mem)
-        keep = torch.empty_like(mem)
-        step_spikes = torch.empty_like(mem)
-        # Work step by step on (batch, *shape) slices, which stay in cache, because whole-sequence
-        # temporaries would each cost a fresh allocation. Comparisons write float 0/1 directly, because
-        # boolean masks take slower kernels.
-        for t in range(num_steps):
-            last = t == num_steps - 1
-            # H(U - threshold) and 1 - H(U - threshold), as the surrogate's strict step computes them.
-            if recurrence is None:
-                torch.gt(mem, threshold, out=spikes[:, t])
-            else:
-                # The recurrence reads a contiguous copy, so the strided output slice is not copied.
-                torch.gt(mem, threshold, out=step_spikes)
-                spikes[:, t].copy_(step_spikes)
-            torch.le(mem, threshold, out=keep)
-
-            # Same elementary operations as LIF.step, so the result matches it bit for bit.
-            new_mem = torch.mul(mem, decay_mem, out=None if last else mem_sequence[t + 1])
-            new_mem.add_(torch.mul(syn, one_minus_decay_mem, out=scratch))
-            new_mem.mul_(keep)
-            if not_clamped is not None:
-                torch.le(new_mem, clamp_max, out=not_clamped[t])
-                new_mem.clamp_(max=clamp_max)
-
-            syn_out = None if (last or syn_sequence is None) else syn_sequence[t + 1]
-            new_syn = torch.mul(syn, decay_syn, out=syn_out)
-            new_syn.add_(pending)
-
-            if recurrence is None:
-                pending = drive[:, t]
-            else:
-                transmitted = step_spikes if mask is None else step_spikes * mask[:, t]
-                pending = drive[:, t] + recurrence.project(weight, transmitted)
-            mem, syn = new_mem, new_syn
+            syn = syn_sequence[0]
+        else:
+            syn = syn.contiguous()
+        steps = cpu_steps.available_for(drive)
+        if steps is not None and recurrence is None:
+            # Without a recurrence the neurons need nothing between steps: one call runs them all.
+            final_mem = torch.empty_like(mem)
+            final_syn = syn.clone()
+            steps.forward_sequence(
+                drive, pending, _per_neuron(decay_mem, mem.shape[1:]),
+                _per_neuron(one_minus_decay_mem, mem.shape[1:]), _per_neuron(decay_syn, mem.shape[1:]),
+                options.threshold, options.clamp_max, spikes, mem_sequence, syn_sequence, not_clamped,
+                final_mem, final_syn,
+            )
+            mem, syn, pending = final_mem, final_syn, drive[:, -1]
+        else:
+            mem, syn, pending = _forward_loop(
+                drive, mem, syn, pending, options, threshold, clamp_max, decay_mem, one_minus_decay_mem,
+                decay_syn, mem_sequence, syn_sequence, not_clamped, spikes, weight, mask,
+            )
 
         if recurrence is None:
             pending = pending.clone()
@@ -156,12 +270,22 @@ class _LIFSequence(torch.autograd.Function):
         adjoint_syn = mem_sequence.new_empty((num_steps + 2, *mem_sequence.shape[1:]))
         adjoint_syn[num_steps].copy_(grad_syn)
         adjoint_syn[num_steps + 1].copy_(grad_pending)
-        adjoint_mem = grad_mem
+        # dL/dU_t is updated in place, from a copy of the incoming gradient.
+        adjoint_mem = torch.empty_like(mem_sequence[0])
+        adjoint_mem.copy_(grad_mem)
         grad_membrane_input = None
         if needs_grad(original_decay_mem):
             grad_membrane_input = torch.empty_like(mem_sequence)
+        backward_step = _backward_step_function(decay_mem, one_minus_decay_mem, decay_syn, adjoint_mem)
+        steps = cpu_steps.available_for(adjoint_mem)
+        chunk_steps_fn = None
+        if steps is not None and recurrence is None and not options.diff_reset:
+            chunk_steps_fn = steps.backward_steps
+            shape = adjoint_mem.shape[1:]
+            lambdas = [_per_neuron(value, shape) for value in (decay_mem, one_minus_decay_mem, decay_syn)]
         chunk_steps = max(1, min(num_steps, _CHUNK_ELEMENTS // mem_sequence[0].numel()))
         keep_buffer = mem_sequence.new_empty((chunk_steps, *mem_sequence.shape[1:]))
+        direct_buffer = torch.empty_like(keep_buffer)
 
         for t in reversed(range(num_steps)):
             if t == num_steps - 1 or (t + 1) % chunk_steps == 0:
@@ -169,17 +293,24 @@ class _LIFSequence(torch.autograd.Function):
                 # steps at once: fewer, larger ops, on blocks small enough to stay in cache.
                 start = (t // chunk_steps) * chunk_steps
                 chunk = slice(start, t + 1)
+                t_end = t
                 pseudo_derivative = surrogate.grad(torch.sub(mem_sequence[chunk], threshold))
-                direct = grad_spikes[:, chunk].transpose(0, 1) * pseudo_derivative
+                direct = torch.mul(
+                    grad_spikes[:, chunk].transpose(0, 1), pseudo_derivative, out=direct_buffer[: t + 1 - start]
+                )
                 keep = torch.le(mem_sequence[chunk], threshold, out=keep_buffer[: t + 1 - start])
                 if not_clamped is not None:
                     keep.mul_(not_clamped[chunk])
             index = t - start
-
-            # Gradient w.r.t. the membrane input V_t: blocked where the neuron reset or was clamped.
-            grad_v = adjoint_mem * keep[index]
-            if grad_membrane_input is not None:
-                grad_membrane_input[t].copy_(grad_v)
+            if chunk_steps_fn is not None:
+                # Without recurrence or reset gradient nothing enters between steps: one call runs
+                # the whole chunk, from its last step back to its first.
+                if index == 0:
+                    chunk_steps_fn(
+                        adjoint_mem, keep, direct, adjoint_syn[start : t_end + 2], lambdas[0], lambdas[1],
+                        lambdas[2], None if grad_membrane_input is None else grad_membrane_input[chunk],
+                    )
+                continue
 
             spike_grad = None
             if recurrence is not None:
@@ -193,14 +324,17 @@ class _LIFSequence(torch.autograd.Function):
                 reset_grad = grad_reset * membrane_input
                 spike_grad = -reset_grad if spike_grad is None else spike_grad.sub_(reset_grad)
 
-            new_adjoint_mem = torch.addcmul(direct[index], grad_v, decay_mem)
-            if spike_grad is not None:
-                new_adjoint_mem.addcmul_(spike_grad, pseudo_derivative[index])
-
-            syn_slot = adjoint_syn[t]
-            torch.mul(adjoint_syn[t + 1], decay_syn, out=syn_slot)
-            syn_slot.addcmul_(grad_v, one_minus_decay_mem)
-            adjoint_mem = new_adjoint_mem
+            backward_step(
+                adjoint_mem,
+                keep[index],
+                direct[index],
+                spike_grad,
+                None if spike_grad is None else pseudo_derivative[index],
+                adjoint_syn[t + 1],
+                adjoint_mem,
+                adjoint_syn[t],
+                None if grad_membrane_input is None else grad_membrane_input[t],
+            )
 
         grad_drive = adjoint_syn[2:].transpose(0, 1)
         grad_weight = None

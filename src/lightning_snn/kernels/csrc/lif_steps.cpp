@@ -1,0 +1,373 @@
+// One time step of the LIF sequence kernel and of its adjoint, each fused into a single pass.
+//
+// The Python loop in lif.py would otherwise launch about ten elementwise torch ops per step, and on
+// small populations their dispatch costs more than the arithmetic. Each function here reads every
+// input once and writes every output once. The forward step performs the same float operations in
+// the same order as LIF.step (it is built with -ffp-contract=off, so no multiply-add is fused), which
+// keeps spikes and states identical to the plain loop.
+//
+// All state tensors are (batch, neurons) with contiguous rows; a row of an output may start at any
+// stride, so that a time slice of a (batch, time, neurons) sequence can be written in place. Decays
+// hold one value per neuron.
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+
+namespace {
+
+// Batch rows and the row length of a (batch, *shape) tensor whose rows are contiguous.
+struct Rows {
+  int64_t count;
+  int64_t length;
+};
+
+Rows rows_of(const torch::Tensor& x) {
+  const int64_t count = x.size(0);
+  return {count, count == 0 ? 0 : x.numel() / count};
+}
+
+// True when every dimension after the first is laid out densely, so that a row is one block.
+bool rows_contiguous(const torch::Tensor& x) {
+  int64_t expected = 1;
+  for (int64_t d = x.dim() - 1; d >= 1; --d) {
+    if (x.size(d) != 1 && x.stride(d) != expected) return false;
+    expected *= x.size(d);
+  }
+  return true;
+}
+
+void check_rows(const torch::Tensor& x, const Rows& rows, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(x.size(0) == rows.count && x.numel() == rows.count * rows.length, name,
+              " must have the shape of the membrane state");
+  TORCH_CHECK(rows_contiguous(x), name, " must have contiguous rows");
+}
+
+// Rows per parallel task: about 32k elements, below which threads cost more than they save.
+int64_t grain_rows(const Rows& rows) {
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, rows.length));
+}
+
+// A decay factor given for every neuron, so that the inner loops index it like the states and vectorise.
+template <typename scalar_t>
+const scalar_t* per_neuron(const torch::Tensor& decay, int64_t length, const char* name) {
+  TORCH_CHECK(decay.is_contiguous() && decay.numel() == length, name, " must hold one value per neuron");
+  return decay.data_ptr<scalar_t>();
+}
+
+// One batch row of the forward step. Outputs may alias inputs at the same index (in-place updates),
+// which is safe to vectorise, hence ivdep. The clip is a template flag so that the loop has no branch.
+template <typename scalar_t, bool kClamp>
+void forward_row(const scalar_t* u, const scalar_t* i_syn, const scalar_t* p, const scalar_t* lambda_mem,
+                 const scalar_t* leak, const scalar_t* lambda_syn, scalar_t threshold, scalar_t clamp_max,
+                 scalar_t* s_out, scalar_t* u_out, scalar_t* i_out, scalar_t* nc_out, int64_t length) {
+#pragma GCC ivdep
+  for (int64_t n = 0; n < length; ++n) {
+    const scalar_t u_n = u[n];
+    const scalar_t i_n = i_syn[n];
+    const scalar_t stays = u_n <= threshold ? scalar_t(1) : scalar_t(0);
+    s_out[n] = u_n > threshold ? scalar_t(1) : scalar_t(0);
+
+    // (lambda_mem * U + (1 - lambda_mem) * I) * (1 - S), rounded after every operation.
+    scalar_t decayed = u_n * lambda_mem[n];
+    const scalar_t charge = i_n * leak[n];
+    decayed = decayed + charge;
+    decayed = decayed * stays;
+    if constexpr (kClamp) {
+      nc_out[n] = decayed <= clamp_max ? scalar_t(1) : scalar_t(0);
+      decayed = decayed < clamp_max ? decayed : clamp_max;
+    }
+    u_out[n] = decayed;
+
+    const scalar_t current = i_n * lambda_syn[n];
+    i_out[n] = current + p[n];
+  }
+}
+
+template <typename scalar_t>
+void forward_step_impl(const torch::Tensor& mem, const torch::Tensor& syn, const torch::Tensor& pending,
+                       const torch::Tensor& decay_mem, const torch::Tensor& one_minus_decay_mem,
+                       const torch::Tensor& decay_syn, double threshold_value, std::optional<double> clamp,
+                       torch::Tensor& spikes, torch::Tensor& new_mem,
+                       torch::Tensor& new_syn, std::optional<torch::Tensor>& not_clamped) {
+  const Rows rows = rows_of(mem);
+  const auto lambda_mem = per_neuron<scalar_t>(decay_mem, rows.length, "decay_mem");
+  const auto leak = per_neuron<scalar_t>(one_minus_decay_mem, rows.length, "one_minus_decay_mem");
+  const auto lambda_syn = per_neuron<scalar_t>(decay_syn, rows.length, "decay_syn");
+  // Rounded to the state dtype, as torch rounds a Python number in a comparison with a tensor.
+  const scalar_t threshold = static_cast<scalar_t>(threshold_value);
+  const scalar_t clamp_max = static_cast<scalar_t>(clamp.value_or(0.0));
+
+  at::parallel_for(0, rows.count, grain_rows(rows), [&](int64_t first, int64_t last) {
+  for (int64_t b = first; b < last; ++b) {
+    const scalar_t* u = mem.data_ptr<scalar_t>() + b * mem.stride(0);
+    const scalar_t* i_syn = syn.data_ptr<scalar_t>() + b * syn.stride(0);
+    const scalar_t* p = pending.data_ptr<scalar_t>() + b * pending.stride(0);
+    scalar_t* s_out = spikes.data_ptr<scalar_t>() + b * spikes.stride(0);
+    scalar_t* u_out = new_mem.data_ptr<scalar_t>() + b * new_mem.stride(0);
+    scalar_t* i_out = new_syn.data_ptr<scalar_t>() + b * new_syn.stride(0);
+    scalar_t* nc_out = not_clamped ? not_clamped->data_ptr<scalar_t>() + b * not_clamped->stride(0) : nullptr;
+
+    if (nc_out != nullptr) {
+      forward_row<scalar_t, true>(u, i_syn, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out,
+                                  u_out, i_out, nc_out, rows.length);
+    } else {
+      forward_row<scalar_t, false>(u, i_syn, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out,
+                                   u_out, i_out, nc_out, rows.length);
+    }
+  }
+  });
+}
+
+// Writes the spikes, the next membrane and current, and, with clamp_max, whether
+// the membrane stayed below the clip.
+void forward_step(const torch::Tensor& mem, const torch::Tensor& syn, const torch::Tensor& pending,
+                  const torch::Tensor& decay_mem, const torch::Tensor& one_minus_decay_mem,
+                  const torch::Tensor& decay_syn, double threshold, std::optional<double> clamp_max,
+                  torch::Tensor spikes, torch::Tensor new_mem, torch::Tensor new_syn,
+                  std::optional<torch::Tensor> not_clamped) {
+  const Rows rows = rows_of(mem);
+  for (const auto& [tensor, name] : {std::pair{&mem, "mem"}, {&syn, "syn"}, {&pending, "pending"},
+                                     {&spikes, "spikes"}, {&new_mem, "new_mem"},
+                                     {&new_syn, "new_syn"}}) {
+    check_rows(*tensor, rows, name);
+    TORCH_CHECK(tensor->scalar_type() == mem.scalar_type(), name, " must have the dtype of mem");
+  }
+  TORCH_CHECK(clamp_max.has_value() == not_clamped.has_value(),
+              "give clamp_max and not_clamped together");
+  if (not_clamped) check_rows(*not_clamped, rows, "not_clamped");
+  AT_DISPATCH_FLOATING_TYPES(mem.scalar_type(), "lif_forward_step", [&] {
+    forward_step_impl<scalar_t>(mem, syn, pending, decay_mem, one_minus_decay_mem, decay_syn, threshold,
+                                clamp_max, spikes, new_mem, new_syn, not_clamped);
+  });
+}
+
+// One batch row of the adjoint step, with the spike gradient and the membrane-input output as flags.
+template <typename scalar_t, bool kSpikeGrad, bool kMembraneInput>
+void backward_row(const scalar_t* g_u, const scalar_t* k, const scalar_t* d, const scalar_t* g_s,
+                  const scalar_t* pd, const scalar_t* g_i_next, const scalar_t* lambda_mem, const scalar_t* leak,
+                  const scalar_t* lambda_syn, scalar_t* g_u_out, scalar_t* g_i_out, scalar_t* g_v_out,
+                  int64_t length) {
+#pragma GCC ivdep
+  for (int64_t n = 0; n < length; ++n) {
+    // Gradient w.r.t. the membrane input, blocked where the neuron reset or was clipped.
+    const scalar_t g_v = g_u[n] * k[n];
+    if constexpr (kMembraneInput) g_v_out[n] = g_v;
+    scalar_t g_u_new = d[n] + g_v * lambda_mem[n];
+    if constexpr (kSpikeGrad) g_u_new += g_s[n] * pd[n];
+    g_u_out[n] = g_u_new;
+    g_i_out[n] = g_i_next[n] * lambda_syn[n] + g_v * leak[n];
+  }
+}
+
+template <typename scalar_t>
+void backward_step_impl(const torch::Tensor& adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
+                        const std::optional<torch::Tensor>& spike_grad,
+                        const std::optional<torch::Tensor>& pseudo_derivative, const torch::Tensor& adjoint_syn_next,
+                        const torch::Tensor& decay_mem, const torch::Tensor& one_minus_decay_mem,
+                        const torch::Tensor& decay_syn, torch::Tensor& new_adjoint_mem,
+                        torch::Tensor& adjoint_syn, std::optional<torch::Tensor>& grad_membrane_input) {
+  const Rows rows = rows_of(adjoint_mem);
+  const auto lambda_mem = per_neuron<scalar_t>(decay_mem, rows.length, "decay_mem");
+  const auto leak = per_neuron<scalar_t>(one_minus_decay_mem, rows.length, "one_minus_decay_mem");
+  const auto lambda_syn = per_neuron<scalar_t>(decay_syn, rows.length, "decay_syn");
+
+  at::parallel_for(0, rows.count, grain_rows(rows), [&](int64_t first, int64_t last) {
+  for (int64_t b = first; b < last; ++b) {
+    const scalar_t* g_u = adjoint_mem.data_ptr<scalar_t>() + b * adjoint_mem.stride(0);
+    const scalar_t* k = keep.data_ptr<scalar_t>() + b * keep.stride(0);
+    const scalar_t* d = direct.data_ptr<scalar_t>() + b * direct.stride(0);
+    const scalar_t* g_s = spike_grad ? spike_grad->data_ptr<scalar_t>() + b * spike_grad->stride(0) : nullptr;
+    const scalar_t* pd = pseudo_derivative ? pseudo_derivative->data_ptr<scalar_t>() + b * pseudo_derivative->stride(0)
+                                           : nullptr;
+    const scalar_t* g_i_next = adjoint_syn_next.data_ptr<scalar_t>() + b * adjoint_syn_next.stride(0);
+    scalar_t* g_u_out = new_adjoint_mem.data_ptr<scalar_t>() + b * new_adjoint_mem.stride(0);
+    scalar_t* g_i_out = adjoint_syn.data_ptr<scalar_t>() + b * adjoint_syn.stride(0);
+    scalar_t* g_v_out = grad_membrane_input
+                            ? grad_membrane_input->data_ptr<scalar_t>() + b * grad_membrane_input->stride(0)
+                            : nullptr;
+
+    if (g_s != nullptr && g_v_out != nullptr) {
+      backward_row<scalar_t, true, true>(g_u, k, d, g_s, pd, g_i_next, lambda_mem, leak, lambda_syn, g_u_out,
+                                         g_i_out, g_v_out, rows.length);
+    } else if (g_s != nullptr) {
+      backward_row<scalar_t, true, false>(g_u, k, d, g_s, pd, g_i_next, lambda_mem, leak, lambda_syn, g_u_out,
+                                          g_i_out, g_v_out, rows.length);
+    } else if (g_v_out != nullptr) {
+      backward_row<scalar_t, false, true>(g_u, k, d, g_s, pd, g_i_next, lambda_mem, leak, lambda_syn, g_u_out,
+                                          g_i_out, g_v_out, rows.length);
+    } else {
+      backward_row<scalar_t, false, false>(g_u, k, d, g_s, pd, g_i_next, lambda_mem, leak, lambda_syn,
+                                           g_u_out, g_i_out, g_v_out, rows.length);
+    }
+  }
+  });
+}
+
+// Runs one step of the adjoint recurrence backwards in time; see the docstring of lif.py.
+void backward_step(const torch::Tensor& adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
+                   std::optional<torch::Tensor> spike_grad, std::optional<torch::Tensor> pseudo_derivative,
+                   const torch::Tensor& adjoint_syn_next, const torch::Tensor& decay_mem,
+                   const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                   torch::Tensor new_adjoint_mem, torch::Tensor adjoint_syn,
+                   std::optional<torch::Tensor> grad_membrane_input) {
+  const Rows rows = rows_of(adjoint_mem);
+  for (const auto& [tensor, name] :
+       {std::pair{&adjoint_mem, "adjoint_mem"}, {&keep, "keep"}, {&direct, "direct"},
+        {&adjoint_syn_next, "adjoint_syn_next"}, {&new_adjoint_mem, "new_adjoint_mem"},
+        {&adjoint_syn, "adjoint_syn"}}) {
+    check_rows(*tensor, rows, name);
+    TORCH_CHECK(tensor->scalar_type() == adjoint_mem.scalar_type(), name, " must have the dtype of adjoint_mem");
+  }
+  TORCH_CHECK(spike_grad.has_value() == pseudo_derivative.has_value(),
+              "give spike_grad and pseudo_derivative together");
+  if (spike_grad) {
+    check_rows(*spike_grad, rows, "spike_grad");
+    check_rows(*pseudo_derivative, rows, "pseudo_derivative");
+  }
+  if (grad_membrane_input) check_rows(*grad_membrane_input, rows, "grad_membrane_input");
+  AT_DISPATCH_FLOATING_TYPES(adjoint_mem.scalar_type(), "lif_backward_step", [&] {
+    backward_step_impl<scalar_t>(adjoint_mem, keep, direct, spike_grad, pseudo_derivative, adjoint_syn_next,
+                                 decay_mem, one_minus_decay_mem, decay_syn, new_adjoint_mem, adjoint_syn,
+                                 grad_membrane_input);
+  });
+}
+
+// Contiguous tensor or null, for optional outputs.
+template <typename scalar_t>
+scalar_t* data_or_null(const std::optional<torch::Tensor>& x) {
+  return x ? x->data_ptr<scalar_t>() : nullptr;
+}
+
+void check_contiguous(const torch::Tensor& x, at::IntArrayRef shape, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), name, " must be a contiguous CPU tensor");
+  TORCH_CHECK(x.sizes() == shape, name, " has shape ", x.sizes(), ", expected ", shape);
+  TORCH_CHECK(x.scalar_type() == dtype, name, " must have the dtype of the drive");
+}
+
+// The whole forward pass of a population without recurrence. Each batch row runs all its time steps
+// before the next row starts, so that its states stay in cache. Layouts: drive and spikes are
+// (batch, time, neurons); mem_sequence, syn_sequence and not_clamped are (time, batch, neurons), and
+// mem_sequence[0] (and syn_sequence[0]) already hold the initial state. final_syn holds the initial
+// current on entry when there is no syn_sequence.
+void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, const torch::Tensor& decay_mem,
+                      const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn, double threshold_value,
+                      std::optional<double> clamp, torch::Tensor spikes, torch::Tensor mem_sequence,
+                      std::optional<torch::Tensor> syn_sequence, std::optional<torch::Tensor> not_clamped,
+                      torch::Tensor final_mem, torch::Tensor final_syn) {
+  const int64_t batch = drive.size(0), steps = drive.size(1), length = drive.numel() / std::max<int64_t>(1, batch * steps);
+  const auto dtype = drive.scalar_type();
+  check_contiguous(drive, drive.sizes(), dtype, "drive");
+  check_contiguous(spikes, drive.sizes(), dtype, "spikes");
+  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
+  TORCH_CHECK(mem_sequence.numel() == drive.numel(), "mem_sequence must hold one state per step");
+  if (syn_sequence) check_contiguous(*syn_sequence, mem_sequence.sizes(), dtype, "syn_sequence");
+  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
+  TORCH_CHECK(clamp.has_value() == not_clamped.has_value(), "give clamp_max and not_clamped together");
+  for (const torch::Tensor* state : {&pending, static_cast<const torch::Tensor*>(&final_mem),
+                                     static_cast<const torch::Tensor*>(&final_syn)}) {
+    TORCH_CHECK(state->is_contiguous() && state->numel() == batch * length && state->scalar_type() == dtype,
+                "pending, final_mem and final_syn must be contiguous (batch, neurons) states");
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_forward_sequence", [&] {
+    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
+    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
+    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
+    const scalar_t threshold = static_cast<scalar_t>(threshold_value);
+    const scalar_t clamp_max = static_cast<scalar_t>(clamp.value_or(0.0));
+    const scalar_t* x = drive.data_ptr<scalar_t>();
+    const scalar_t* p0 = pending.data_ptr<scalar_t>();
+    scalar_t* s = spikes.data_ptr<scalar_t>();
+    scalar_t* u_seq = mem_sequence.data_ptr<scalar_t>();
+    scalar_t* i_seq = data_or_null<scalar_t>(syn_sequence);
+    scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
+    scalar_t* u_last = final_mem.data_ptr<scalar_t>();
+    scalar_t* i_last = final_syn.data_ptr<scalar_t>();
+
+    at::parallel_for(0, batch, std::max<int64_t>(1, grain_rows({batch, length * steps})), [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        for (int64_t t = 0; t < steps; ++t) {
+          const bool final_step = t == steps - 1;
+          const scalar_t* u = u_seq + (t * batch + b) * length;
+          scalar_t* u_out = final_step ? u_last + b * length : u_seq + ((t + 1) * batch + b) * length;
+          // Without a current sequence, final_syn is the running current of this row.
+          const scalar_t* i = i_seq != nullptr ? i_seq + (t * batch + b) * length : i_last + b * length;
+          scalar_t* i_out = (i_seq != nullptr && !final_step) ? i_seq + ((t + 1) * batch + b) * length
+                                                              : i_last + b * length;
+          // The drive of step t - 1 arrives at step t.
+          const scalar_t* p = t == 0 ? p0 + b * length : x + (b * steps + t - 1) * length;
+          scalar_t* s_out = s + (b * steps + t) * length;
+          if (nc_seq != nullptr) {
+            forward_row<scalar_t, true>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out,
+                                        i_out, nc_seq + (t * batch + b) * length, length);
+          } else {
+            forward_row<scalar_t, false>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out,
+                                         i_out, nullptr, length);
+          }
+        }
+      }
+    });
+  });
+}
+
+// Several steps of the adjoint recurrence of a population without recurrence, from the last step of
+// a chunk back to its first. keep, direct and grad_membrane_input are (steps, batch, neurons);
+// adjoint_syn is (steps + 1, batch, neurons) and holds dL/dI after the chunk in its last slot on entry.
+void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
+                    torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
+                    const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                    std::optional<torch::Tensor> grad_membrane_input) {
+  const int64_t steps = keep.size(0), batch = keep.size(1);
+  const int64_t length = keep.numel() / std::max<int64_t>(1, steps * batch);
+  const auto dtype = adjoint_mem.scalar_type();
+  check_contiguous(keep, keep.sizes(), dtype, "keep");
+  check_contiguous(direct, keep.sizes(), dtype, "direct");
+  TORCH_CHECK(adjoint_syn.is_contiguous() && adjoint_syn.numel() == (steps + 1) * batch * length &&
+                  adjoint_syn.scalar_type() == dtype,
+              "adjoint_syn must be a contiguous (steps + 1, batch, neurons) tensor");
+  TORCH_CHECK(adjoint_mem.is_contiguous() && adjoint_mem.numel() == batch * length,
+              "adjoint_mem must be a contiguous (batch, neurons) state");
+  if (grad_membrane_input) check_contiguous(*grad_membrane_input, keep.sizes(), dtype, "grad_membrane_input");
+
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_backward_steps", [&] {
+    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
+    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
+    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
+    scalar_t* g_u = adjoint_mem.data_ptr<scalar_t>();
+    const scalar_t* k = keep.data_ptr<scalar_t>();
+    const scalar_t* d = direct.data_ptr<scalar_t>();
+    scalar_t* g_i = adjoint_syn.data_ptr<scalar_t>();
+    scalar_t* g_v = data_or_null<scalar_t>(grad_membrane_input);
+
+    at::parallel_for(0, batch, std::max<int64_t>(1, grain_rows({batch, length * steps})), [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        for (int64_t j = steps - 1; j >= 0; --j) {
+          const int64_t row = (j * batch + b) * length;
+          scalar_t* g_u_row = g_u + b * length;
+          if (g_v != nullptr) {
+            backward_row<scalar_t, false, true>(g_u_row, k + row, d + row, nullptr, nullptr, g_i + row + batch * length,
+                                                lambda_mem, leak, lambda_syn, g_u_row, g_i + row, g_v + row, length);
+          } else {
+            backward_row<scalar_t, false, false>(g_u_row, k + row, d + row, nullptr, nullptr,
+                                                 g_i + row + batch * length, lambda_mem, leak, lambda_syn, g_u_row,
+                                                 g_i + row, nullptr, length);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("forward_step", &forward_step, "One fused LIF step (spikes, reset, membrane, current).");
+  module.def("backward_step", &backward_step, "One fused step of the LIF adjoint recurrence.");
+  module.def("forward_sequence", &forward_sequence, "All forward steps of a LIF population without recurrence.");
+  module.def("backward_steps", &backward_steps, "A chunk of adjoint steps of a LIF population without recurrence.");
+}

@@ -1,0 +1,74 @@
+"""The compiled C++ step functions: they build where a compiler exists and match the torch steps."""
+
+import shutil
+
+import pytest
+import torch
+
+from lightning_snn.kernels import cpu_steps, use_backend
+from lightning_snn.nn import LIF, DenseLayer, ReadoutLayer, SpikingNetwork
+
+has_compiler = shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_extension_builds_where_a_compiler_exists():
+    assert cpu_steps.load() is not None
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_forward_step_by_hand():
+    steps = cpu_steps.load()
+    # Neuron 0 sits above the threshold: it spikes and resets. Neuron 1 integrates its current.
+    mem = torch.tensor([[1.5, 0.5]])
+    syn = torch.tensor([[2.0, 2.0]])
+    pending = torch.tensor([[0.25, 0.5]])
+    decay_mem, decay_syn = torch.tensor([0.5, 0.5]), torch.tensor([0.75, 0.75])
+    spikes, new_mem, new_syn = torch.empty(1, 2), torch.empty(1, 2), torch.empty(1, 2)
+    steps.forward_step(mem, syn, pending, decay_mem, 1 - decay_mem, decay_syn, 1.0, None,
+                       spikes, new_mem, new_syn, None)
+    assert spikes.tolist() == [[1.0, 0.0]]
+    # U' = (0.5 * 0.5 + 0.5 * 2.0) * 1 = 1.25; I' = 0.75 * 2.0 + 0.5 = 2.0.
+    assert new_mem.tolist() == [[0.0, 1.25]]
+    assert new_syn.tolist() == [[1.75, 2.0]]
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_step_rejects_strided_rows():
+    steps = cpu_steps.load()
+    state = torch.zeros(2, 4)
+    strided = torch.zeros(2, 8)[:, ::2]
+    decay = torch.full((4,), 0.5)
+    with pytest.raises(RuntimeError, match="contiguous rows"):
+        steps.forward_step(strided, state, state, decay, decay, decay, 1.0, None,
+                           state.clone(), state.clone(), state.clone(), None)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_torch_steps_match_compiled_steps(monkeypatch, recurrent):
+    # The torch fallback and the C++ steps must give identical spikes and equal gradients.
+    network = SpikingNetwork(
+        [DenseLayer(12, LIF(10e-3, 5e-3, clamp_mem=True), recurrent=recurrent), DenseLayer(10, LIF())],
+        ReadoutLayer(3), input_shape=16, dt=1e-3,
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for connection in network.connections():
+            connection.weight.copy_(torch.randn(connection.weight.shape, generator=generator) * 1.5)
+    x = (torch.rand(3, 40, 16, generator=generator) < 0.3).float()
+
+    def run():
+        network.zero_grad()
+        with use_backend("fused"):
+            result = network(x)
+        result.output.square().sum().backward()
+        spikes = torch.cat([s.flatten() for s in result.spikes.values()])
+        return spikes, [p.grad.clone() for p in network.parameters()]
+
+    compiled_spikes, compiled_grads = run()
+    monkeypatch.setattr(cpu_steps, "available_for", lambda tensor: None)
+    torch_spikes, torch_grads = run()
+    assert torch_spikes.sum() > 0
+    assert torch.equal(compiled_spikes, torch_spikes)
+    for compiled, plain in zip(compiled_grads, torch_grads):
+        torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
