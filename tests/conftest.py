@@ -1,11 +1,18 @@
 """Session-wide test settings: one CPU thread, no network access, a headless matplotlib backend."""
 
+import os
 import socket
 import urllib.request
+
 
 import matplotlib
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter. Triton reads the variable once, so it is
+# set before any test can import Triton (Lightning and torch.compile import it too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Agg draws to memory only, so figure logging works without a display.
 matplotlib.use("Agg")

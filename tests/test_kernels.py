@@ -16,6 +16,8 @@ from lightning_snn.kernels.events import set_event_threshold
 import lightning_snn.kernels.events as events
 from lightning_snn.nn import (
     LIF,
+    AdaptiveLIF,
+    LearnableAdaptiveLIF,
     Conv1dLayer,
     DalesLayer,
     DenseLayer,
@@ -167,6 +169,48 @@ def test_recurrent_conv1d_matches_plain():
     network = SpikingNetwork(layers, ReadoutLayer(3), input_shape=20, dt=DT).double()
     randomize(network, scale=5.0)
     assert_paths_agree(network, poisson(2, 30, 20, rate=0.3))
+
+
+@pytest.mark.parametrize("neuron_type", [AdaptiveLIF, LearnableAdaptiveLIF])
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_adaptive_network_matches_plain(neuron_type, recurrent):
+    def neuron():
+        return neuron_type(10e-3, 5e-3, tau_ada=50e-3, dropout=0.2, stateful=True, clamp_mem=recurrent)
+
+    network = dense_network(neuron, recurrent=recurrent)
+    randomize(network, scale=6.0)
+    network.train()
+    assert_paths_agree(network, poisson(3, 30, 16), calls=2)
+
+
+class _CountCalls:
+    """Wrap a kernel function and count how often it runs."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dropout, calls", [(0.0, 1), (0.3, 1), (0.0, 2)])
+def test_event_driven_recurrence_matches_plain(monkeypatch, dropout, calls):
+    # 80 recurrent neurons are enough for the event path; weak weights keep the spikes sparse, so most
+    # steps take the event path and the dense steps in between take the matmul.
+    matmul = _CountCalls(events.events_matmul)
+    weight_gradient = _CountCalls(events.events_weight_gradient)
+    monkeypatch.setattr(events, "events_matmul", matmul)
+    monkeypatch.setattr(events, "events_weight_gradient", weight_gradient)
+    neuron = LIF(10e-3, 5e-3, dropout=dropout, stateful=calls > 1)
+    network = SpikingNetwork(
+        [DenseLayer(80, neuron, recurrent=True)], ReadoutLayer(3), input_shape=16, dt=DT
+    ).double()
+    randomize(network, scale=3.0)
+    network.train()
+    assert_paths_agree(network, poisson(4, 40, 16, rate=0.1), calls=calls)
+    assert matmul.calls > 0
+    assert weight_gradient.calls > 0
 
 
 def test_float32_spikes_identical():

@@ -5,9 +5,11 @@ the whole sequence), so only the recurrence runs in the Python loop here. Every 
 one step: the neurons integrate at step ``t + 1`` the drive ``X_t`` that presynaptic spikes of step
 ``t`` produce.
 
-A single ``LIF`` or ``LeakyReadout`` population runs through a fused sequence kernel from
-:mod:`lightning_snn.kernels` instead of the loop when the selected backend allows it and the kernel
-supports every feature in use. Spikes and states are the same, and gradients agree up to float rounding.
+A single ``LIF``, ``AdaptiveLIF``, ``LearnableAdaptiveLIF`` or ``LeakyReadout`` population runs through
+a fused sequence kernel from :mod:`lightning_snn.kernels` instead of the loop when the selected backend
+allows it and the kernel supports every feature in use. On a CUDA device with Triton installed, a LIF
+population without recurrence runs its whole sequence in one Triton launch. Spikes and states are the
+same, and gradients agree up to float rounding.
 """
 
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -16,7 +18,9 @@ import torch
 from torch import Tensor
 
 from lightning_snn.kernels import LinearRecurrence, lif_sequence, readout_sequence, supports_surrogate
+from lightning_snn.kernels.adaptive import adaptive_lif_sequence
 from lightning_snn.kernels.backend import fused_required, kernels_enabled
+from lightning_snn.nn.neurons.adaptive import AdaptiveLIF, AdaptiveLIFState, LearnableAdaptiveLIF
 from lightning_snn.nn.neurons.base import Neuron
 from lightning_snn.nn.neurons.lif import LIF, LIFState
 from lightning_snn.nn.neurons.readout import LeakyReadout, ReadoutState
@@ -164,6 +168,9 @@ def simulate(
     return SimulationResult(outputs=result_outputs, transmitted=result_transmitted)
 
 
+_FUSED_TYPES = (LIF, AdaptiveLIF, LearnableAdaptiveLIF, LeakyReadout)
+
+
 def _unfused_reason(
     populations: Sequence[Neuron],
     feedforward: Sequence[Drive],
@@ -174,8 +181,9 @@ def _unfused_reason(
     if len(populations) != 1:
         return "it couples several populations"
     population = populations[0]
-    if type(population) not in (LIF, LeakyReadout):
-        return f"{type(population).__name__} has no fused kernel (LIF and LeakyReadout have)"
+    if type(population) not in _FUSED_TYPES:
+        names = ", ".join(kind.__name__ for kind in _FUSED_TYPES)
+        return f"{type(population).__name__} has no fused kernel ({names} have)"
     if population.record:
         return "state variables are recorded"
     drive = feedforward[0][0]
@@ -198,7 +206,7 @@ def _simulate_fused(
     batch_size: int,
     num_steps: int,
 ) -> SimulationResult:
-    """Run one LIF or readout population through its fused sequence kernel."""
+    """Run one LIF, adaptive LIF or readout population through its fused sequence kernel."""
     drive = drives[0]
     device, dtype = drive.device, drive.dtype
 
@@ -210,35 +218,53 @@ def _simulate_fused(
     state, (pending,) = population.begin_state(batch_size, make_fresh)
     decays = population.step_parameters()
 
-    if population.spiking:
-        # Drawn at the same point as in the plain loop, so a seeded run draws the same mask.
-        mask = population.transmission_mask((batch_size, num_steps, *population.shape), device, dtype)
-        recurrence = weight = None
-        if linear_recurrence is not None:
-            recurrence, weight = linear_recurrence.recurrence, linear_recurrence.weight
-        result = lif_sequence(
-            drive,
-            state.mem,
-            state.syn,
-            pending,
-            decays.mem,
-            decays.syn,
-            threshold=population.threshold,
-            surrogate=population.surrogate,
-            diff_reset=population.diff_reset,
-            clamp_max=population.threshold + 0.01 if population.clamp_mem else None,
-            recurrence=recurrence,
-            recurrent_weight=weight,
-            mask=mask,
-        )
-        outputs = result.spikes
-        transmitted = outputs if mask is None else outputs * mask
+    if not population.spiking:
+        result = readout_sequence(drive, state.mem, state.syn, pending, decays.mem, decays.syn)
+        population.recorded = {}
+        population.end_state((ReadoutState(mem=result.mem, syn=result.syn), (result.pending,)))
+        return SimulationResult(outputs=[result.output], transmitted=[result.output])
+
+    # Drawn at the same point as in the plain loop, so a seeded run draws the same mask.
+    mask = population.transmission_mask((batch_size, num_steps, *population.shape), device, dtype)
+    recurrence = weight = None
+    if linear_recurrence is not None:
+        recurrence, weight = linear_recurrence.recurrence, linear_recurrence.weight
+    options = dict(
+        threshold=population.threshold,
+        surrogate=population.surrogate,
+        diff_reset=population.diff_reset,
+        clamp_max=population.threshold + 0.01 if population.clamp_mem else None,
+    )
+    if isinstance(population, LIF):
+        if recurrence is None and _triton_runs(drive):
+            from lightning_snn.kernels.triton_lif import lif_sequence_triton
+
+            # The mask scales only what a recurrence receives, so without one the kernel needs none.
+            result = lif_sequence_triton(drive, state.mem, state.syn, pending, decays.mem, decays.syn, **options)
+        else:
+            result = lif_sequence(
+                drive, state.mem, state.syn, pending, decays.mem, decays.syn,
+                recurrence=recurrence, recurrent_weight=weight, mask=mask, **options,
+            )
         final_state = LIFState(mem=result.mem, syn=result.syn)
     else:
-        result = readout_sequence(drive, state.mem, state.syn, pending, decays.mem, decays.syn)
-        outputs = transmitted = result.output
-        final_state = ReadoutState(mem=result.mem, syn=result.syn)
+        result = adaptive_lif_sequence(
+            drive, state.mem, state.syn, state.ada, state.last_spikes, pending, *decays,
+            recurrence=recurrence, recurrent_weight=weight, mask=mask, **options,
+        )
+        final_state = AdaptiveLIFState(mem=result.mem, syn=result.syn, ada=result.ada, last_spikes=result.last_spikes)
 
+    outputs = result.spikes
+    transmitted = outputs if mask is None else outputs * mask
     population.recorded = {}
     population.end_state((final_state, (result.pending,)))
     return SimulationResult(outputs=[outputs], transmitted=[transmitted])
+
+
+def _triton_runs(drive: Tensor) -> bool:
+    """Return True when the Triton kernel can run on ``drive`` (a CUDA tensor, Triton installed)."""
+    if not drive.is_cuda:
+        return False
+    from lightning_snn.kernels.triton_lif import triton_available
+
+    return triton_available(drive) and drive.dtype in (torch.float16, torch.float32, torch.float64)
