@@ -108,6 +108,9 @@ def find_events(x: Tensor) -> Events:
     num_rows, num_columns = x.shape
     flat = x.reshape(-1)
     flat_index = nonzero_indices(flat)
+    # 32-bit indices halve the memory that the events keep for the backward pass.
+    if flat.numel() <= torch.iinfo(torch.int32).max:
+        flat_index = flat_index.to(torch.int32)
     rows = torch.div(flat_index, num_columns, rounding_mode="floor")
     columns = flat_index - rows * num_columns
     values = flat.index_select(0, flat_index)
@@ -120,7 +123,8 @@ def events_matmul(events: Events, weight_t: Tensor) -> Tensor:
 
     Each output row sums the rows of ``weight_t`` selected by the columns of its events.
     """
-    row_offsets = torch.searchsorted(events.rows, torch.arange(events.num_rows, device=events.rows.device))
+    row_starts = torch.arange(events.num_rows, device=events.rows.device, dtype=events.rows.dtype)
+    row_offsets = torch.searchsorted(events.rows, row_starts, out_int32=events.rows.dtype == torch.int32)
     return F.embedding_bag(
         events.columns, weight_t, row_offsets, mode="sum", per_sample_weights=events.scales
     )
@@ -137,7 +141,7 @@ def events_weight_gradient(events: Events, grad_output: Tensor) -> Tensor:
     columns = events.columns
     order = torch.argsort(columns.to(_sort_key_dtype(events.num_columns)), stable=True)
     counts = torch.bincount(columns, minlength=events.num_columns)
-    column_offsets = torch.cumsum(counts, 0) - counts
+    column_offsets = (torch.cumsum(counts, 0) - counts).to(events.rows.dtype)
     column_scales = None if events.scales is None else events.scales.index_select(0, order)
     return F.embedding_bag(
         events.rows.index_select(0, order),
