@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from lightning_snn.kernels import cpu_steps, use_backend
+from lightning_snn.kernels import cpu_extension, use_backend
 from lightning_snn.nn import LIF, DenseLayer, ReadoutLayer, SpikingNetwork
 
 has_compiler = shutil.which("c++") is not None or shutil.which("g++") is not None
@@ -13,12 +13,12 @@ has_compiler = shutil.which("c++") is not None or shutil.which("g++") is not Non
 
 @pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
 def test_extension_builds_where_a_compiler_exists():
-    assert cpu_steps.load() is not None
+    assert cpu_extension.load() is not None
 
 
 @pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
 def test_forward_step_by_hand():
-    steps = cpu_steps.load()
+    steps = cpu_extension.load()
     # Neuron 0 sits above the threshold: it spikes and resets. Neuron 1 integrates its current.
     mem = torch.tensor([[1.5, 0.5]])
     syn = torch.tensor([[2.0, 2.0]])
@@ -35,7 +35,7 @@ def test_forward_step_by_hand():
 
 @pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
 def test_step_rejects_strided_rows():
-    steps = cpu_steps.load()
+    steps = cpu_extension.load()
     state = torch.zeros(2, 4)
     strided = torch.zeros(2, 8)[:, ::2]
     decay = torch.full((4,), 0.5)
@@ -66,9 +66,45 @@ def test_torch_steps_match_compiled_steps(monkeypatch, recurrent):
         return spikes, [p.grad.clone() for p in network.parameters()]
 
     compiled_spikes, compiled_grads = run()
-    monkeypatch.setattr(cpu_steps, "available_for", lambda tensor: None)
+    monkeypatch.setattr(cpu_extension, "available_for", lambda tensor: None)
     torch_spikes, torch_grads = run()
     assert torch_spikes.sum() > 0
     assert torch.equal(compiled_spikes, torch_spikes)
     for compiled, plain in zip(compiled_grads, torch_grads):
         torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+@pytest.mark.parametrize(
+    "shape, kernel, stride",
+    [((6, 3, 8, 10), (2, 2), (2, 2)), ((4, 2, 9, 7), (3, 2), (2, 1)), ((5, 4, 1, 12), (1, 3), (1, 3))],
+)
+def test_max_pool_matches_torch(shape, kernel, stride):
+    from lightning_snn.kernels.pooling import max_pool
+
+    generator = torch.Generator().manual_seed(1)
+    # Binary maps have many ties, which must go to the same window element as in torch.
+    x = (torch.rand(shape, generator=generator) < 0.3).double()
+    x[0, 0, 0, 0] = float("nan")
+    x.requires_grad_()
+    grad = torch.randn(torch.nn.functional.max_pool2d(x, kernel, stride).shape, generator=generator,
+                       dtype=torch.float64)
+    expected = torch.nn.functional.max_pool2d(x, kernel, stride)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    pooled = max_pool(x, kernel, stride)
+    (pooled_grad,) = torch.autograd.grad(pooled, x, grad)
+    assert torch.equal(pooled.isnan(), expected.isnan())
+    assert torch.equal(pooled.nan_to_num(), expected.nan_to_num())
+    assert torch.equal(pooled_grad, expected_grad)
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_max_pool_1d_matches_torch():
+    from lightning_snn.kernels.pooling import max_pool
+
+    x = (torch.rand(3, 2, 11) < 0.4).float().requires_grad_()
+    grad = torch.randn(3, 2, 5)
+    expected = torch.nn.functional.max_pool1d(x, 2, 2)
+    pooled = max_pool(x, (2,), (2,))
+    assert torch.equal(pooled, expected)
+    assert torch.equal(torch.autograd.grad(pooled, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])

@@ -126,11 +126,12 @@ def test_lif_options_match_plain(options):
 
 
 @pytest.mark.parametrize("learn", ["layer", "neuron"])
-def test_learnable_timescales_match_plain(learn):
+@pytest.mark.parametrize("recurrent, diff_reset", [(True, True), (False, False)])
+def test_learnable_timescales_match_plain(learn, recurrent, diff_reset):
     readout = ReadoutLayer(3, LeakyReadout(20e-3, 5e-3, learn_timescales=learn))
     network = dense_network(
-        lambda: LIF(10e-3, 5e-3, learn_timescales=learn, sigma_tau=0.3, diff_reset=True),
-        recurrent=True,
+        lambda: LIF(10e-3, 5e-3, learn_timescales=learn, sigma_tau=0.3, diff_reset=diff_reset, clamp_mem=not recurrent),
+        recurrent=recurrent,
         readout=readout,
     )
     randomize(network, scale=5.0)

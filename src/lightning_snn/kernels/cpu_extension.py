@@ -1,9 +1,10 @@
-"""The fused CPU step functions of ``csrc/lif_steps.cpp``, compiled once per machine on first use.
+"""The C++ CPU kernels of ``csrc/``, compiled once per machine on first use.
 
-The LIF sequence kernel calls one of them per time step instead of about ten elementwise torch ops. On
-a 64 x 128 population that removes most of the per-step cost, which is dispatch, not arithmetic.
+``lif_steps.cpp`` fuses the elementwise work of LIF time steps: the sequence kernel calls one function
+per step (or per sequence) instead of about ten torch ops, whose dispatch costs more than the
+arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one-byte window index.
 
-The source is compiled with :func:`torch.utils.cpp_extension.load` into torch's extension cache
+The sources are compiled with :func:`torch.utils.cpp_extension.load` into torch's extension cache
 (``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says otherwise). This takes about 30
 seconds, once per machine and torch version. When no C++ compiler is available, or the environment
 variable ``LIGHTNING_SNN_NO_CPP=1`` is set, the kernels run the same steps with torch ops, which gives
@@ -22,7 +23,7 @@ import torch
 
 #: Setting this environment variable to 1 keeps the kernels on torch ops.
 DISABLE_VARIABLE = "LIGHTNING_SNN_NO_CPP"
-SOURCE = Path(__file__).with_name("csrc") / "lif_steps.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lif_steps.cpp", "pooling.cpp", "bindings.cpp")]
 # -ffp-contract=off forbids fused multiply-adds, which would round differently from the torch ops of
 # the plain loop and could flip a spike at the threshold.
 COMPILER_FLAGS = ["-O3", "-ffp-contract=off"]
@@ -34,11 +35,11 @@ _tried = False
 def _extension_name() -> str:
     # One build per torch version: an extension built against another torch may not load.
     version = re.sub(r"\W", "_", torch.__version__)
-    return f"lightning_snn_lif_steps_torch{version}"
+    return f"lightning_snn_cpu_kernels_torch{version}"
 
 
 def load() -> Optional[ModuleType]:
-    """Return the compiled step functions, compiling them on the first call; None if unavailable."""
+    """Return the compiled kernels, compiling them on the first call; None if unavailable."""
     global _module, _tried
     if _tried:
         return _module
@@ -52,19 +53,19 @@ def load() -> Optional[ModuleType]:
     build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     if not (build_directory / f"{name}.so").exists():
         print(
-            f"lightning_snn: compiling the fused CPU step kernels into {build_directory} "
-            "(about 30 s, once per machine)",
+            f"lightning_snn: compiling the C++ CPU kernels into {build_directory} "
+            "(about a minute, once per machine)",
             file=sys.stderr,
             flush=True,
         )
     try:
         _module = cpp_extension.load(
-            name=name, sources=[str(SOURCE)], extra_cflags=COMPILER_FLAGS, verbose=False
+            name=name, sources=[str(source) for source in SOURCES], extra_cflags=COMPILER_FLAGS, verbose=False
         )
     except Exception as error:  # noqa: BLE001 - any build failure means "use the torch ops"
         warnings.warn(
-            f"Could not compile the fused CPU step kernels ({type(error).__name__}: {error}). The "
-            f"sequence kernels fall back to torch ops, which give the same results more slowly. Install "
+            f"Could not compile the C++ CPU kernels ({type(error).__name__}: {error}). The sequence "
+            f"kernels fall back to torch ops, which give the same results more slowly. Install "
             f"a C++ compiler (g++ or clang++) to enable them, or set {DISABLE_VARIABLE}=1 to skip "
             "this attempt.",
             RuntimeWarning,
@@ -75,7 +76,7 @@ def load() -> Optional[ModuleType]:
 
 
 def available_for(tensor: torch.Tensor) -> Optional[ModuleType]:
-    """Return the step functions when they can run on ``tensor`` (float32/64 on the CPU), else None."""
+    """Return the kernels when they can run on ``tensor`` (float32/64 on the CPU), else None."""
     if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
         return None
     return load()

@@ -31,10 +31,10 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_snn.kernels import cpu_steps
+from lightning_snn.kernels import cpu_extension
 from lightning_snn.kernels._reduce import as_constant, decay_gradient, needs_grad
 from lightning_snn.kernels.recurrence import LinearRecurrence
-from lightning_snn.surrogate import SurrogateSpike
+from lightning_snn.surrogate import SuperSpike, SuperSpikeAsymptote, SuperSpikeRescaled, SurrogateSpike
 
 Decay = Union[float, Tensor]
 # Elements per block of the backward pass's vectorised part: 2^16 float32 values are 256 kB per
@@ -79,6 +79,18 @@ def _per_neuron(decay: Tensor, shape: torch.Size) -> Tensor:
     return torch.broadcast_to(decay.detach(), shape).contiguous()
 
 
+def _superspike_scale(surrogate: SurrogateSpike) -> Optional[float]:
+    """Return ``c`` when the surrogate derivative is ``c / (beta * |x| + 1)^2``, else None."""
+    kind = type(surrogate)
+    if kind is SuperSpike:
+        return 1.0
+    if kind is SuperSpikeRescaled:
+        return (surrogate.beta + 1.0) ** 2
+    if kind is SuperSpikeAsymptote:
+        return surrogate.beta
+    return None
+
+
 def _forward_step_function(options, threshold, clamp_max, decay_mem, one_minus_decay_mem, decay_syn, like):
     """Return ``step(mem, syn, pending, spikes, new_mem, new_syn, not_clamped)`` for one time step.
 
@@ -87,7 +99,7 @@ def _forward_step_function(options, threshold, clamp_max, decay_mem, one_minus_d
     it is compiled, the torch ops otherwise; both apply the float operations of ``LIF.step`` in its
     order, so both match it bit for bit.
     """
-    steps = cpu_steps.available_for(like)
+    steps = cpu_extension.available_for(like)
     if steps is not None:
         shape = like.shape[1:]
         lambda_mem, leak = _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape)
@@ -130,7 +142,7 @@ def _backward_step_function(decay_mem, one_minus_decay_mem, decay_syn, like):
     It writes ``dL/dU_t`` into ``new_adjoint_mem``, ``dL/dI_t`` into ``adjoint_syn`` and, when given,
     the gradient w.r.t. the membrane input into ``grad_membrane_input``.
     """
-    steps = cpu_steps.available_for(like)
+    steps = cpu_extension.available_for(like)
     if steps is not None:
         shape = like.shape[1:]
         lambda_mem, leak = _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape)
@@ -229,7 +241,7 @@ class _LIFSequence(torch.autograd.Function):
             syn = syn_sequence[0]
         else:
             syn = syn.contiguous()
-        steps = cpu_steps.available_for(drive)
+        steps = cpu_extension.available_for(drive)
         if steps is not None and recurrence is None:
             # Without a recurrence the neurons need nothing between steps: one call runs them all.
             final_mem = torch.empty_like(mem)
@@ -276,19 +288,39 @@ class _LIFSequence(torch.autograd.Function):
         grad_membrane_input = None
         if needs_grad(original_decay_mem):
             grad_membrane_input = torch.empty_like(mem_sequence)
+        steps = cpu_extension.available_for(adjoint_mem)
+        superspike_scale = _superspike_scale(surrogate)
+        # Steps that the loop below still has to run backwards, from steps_left - 1 down to 0.
+        steps_left = num_steps
+        if (
+            steps is not None
+            and recurrence is None
+            and not options.diff_reset
+            and superspike_scale is not None
+            and grad_spikes.is_contiguous()
+        ):
+            # One pass over the sequence computes the surrogate derivative and the adjoint.
+            shape = adjoint_mem.shape[1:]
+            steps.backward_sequence_superspike(
+                adjoint_mem, mem_sequence, grad_spikes, not_clamped, adjoint_syn,
+                _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape),
+                _per_neuron(decay_syn, shape), options.threshold, surrogate.beta, superspike_scale,
+                grad_membrane_input,
+            )
+            steps_left = 0
+
         backward_step = _backward_step_function(decay_mem, one_minus_decay_mem, decay_syn, adjoint_mem)
-        steps = cpu_steps.available_for(adjoint_mem)
         chunk_steps_fn = None
         if steps is not None and recurrence is None and not options.diff_reset:
             chunk_steps_fn = steps.backward_steps
             shape = adjoint_mem.shape[1:]
             lambdas = [_per_neuron(value, shape) for value in (decay_mem, one_minus_decay_mem, decay_syn)]
-        chunk_steps = max(1, min(num_steps, _CHUNK_ELEMENTS // mem_sequence[0].numel()))
+        chunk_steps = max(1, min(steps_left, _CHUNK_ELEMENTS // mem_sequence[0].numel()))
         keep_buffer = mem_sequence.new_empty((chunk_steps, *mem_sequence.shape[1:]))
         direct_buffer = torch.empty_like(keep_buffer)
 
-        for t in reversed(range(num_steps)):
-            if t == num_steps - 1 or (t + 1) % chunk_steps == 0:
+        for t in reversed(range(steps_left)):
+            if t == steps_left - 1 or (t + 1) % chunk_steps == 0:
                 # Everything that does not depend on the adjoint state is computed for a chunk of
                 # steps at once: fewer, larger ops, on blocks small enough to stay in cache.
                 start = (t // chunk_steps) * chunk_steps

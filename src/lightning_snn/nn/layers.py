@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_snn.kernels import LinearRecurrence
+from lightning_snn.kernels.pooling import max_pool
 from lightning_snn.nn.connections import Connection, Conv1d, Conv2d, Dense, IntOrTuple
 from lightning_snn.nn.constraints import MinMaxConstraint, WeightConstraint
 from lightning_snn.nn.neurons import LIF, ExcInhLIF, LeakyReadout, Neuron
@@ -536,8 +537,10 @@ class MaxPool(NetworkLayer):
         x = sources[-1]
         batch_size, num_steps = x.shape[:2]
         flat = x.reshape(batch_size * num_steps, *self.input_shape)
-        pool = F.max_pool1d if self._dims == 1 else F.max_pool2d
-        pooled = pool(flat, self._kernel, self._stride)
+        pooled = max_pool(flat, self._kernel, self._stride)
+        if pooled is None:
+            pool = F.max_pool1d if self._dims == 1 else F.max_pool2d
+            pooled = pool(flat, self._kernel, self._stride)
         return LayerOutput(pooled.reshape(batch_size, num_steps, *self.output_shape), {})
 
 

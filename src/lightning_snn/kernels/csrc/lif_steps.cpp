@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <optional>
 
-namespace {
+namespace lightning_snn {
 
 // Batch rows and the row length of a (batch, *shape) tensor whose rows are contiguous.
 struct Rows {
@@ -363,11 +363,96 @@ void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const 
   });
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("forward_step", &forward_step, "One fused LIF step (spikes, reset, membrane, current).");
-  module.def("backward_step", &backward_step, "One fused step of the LIF adjoint recurrence.");
-  module.def("forward_sequence", &forward_sequence, "All forward steps of a LIF population without recurrence.");
-  module.def("backward_steps", &backward_steps, "A chunk of adjoint steps of a LIF population without recurrence.");
+// One batch row of one step of backward_sequence_superspike, with the clip mask and the
+// membrane-input output as template flags so that the loop has no branch and vectorises.
+template <typename scalar_t, bool kClamp, bool kMembraneInput>
+void superspike_row(const scalar_t* u, const scalar_t* g_s, const scalar_t* nc, const scalar_t* g_i_next,
+                    const scalar_t* lambda_mem, const scalar_t* leak, const scalar_t* lambda_syn, scalar_t threshold,
+                    scalar_t beta, scalar_t scale, scalar_t* g_u, scalar_t* g_i_out, scalar_t* g_v_out,
+                    int64_t length) {
+#pragma GCC ivdep
+  for (int64_t n = 0; n < length; ++n) {
+    const scalar_t x = u[n] - threshold;
+    const scalar_t denominator = beta * (x < scalar_t(0) ? -x : x) + scalar_t(1);
+    const scalar_t pseudo_derivative = scale / (denominator * denominator);
+    scalar_t keep = u[n] <= threshold ? scalar_t(1) : scalar_t(0);
+    if constexpr (kClamp) keep *= nc[n];
+    const scalar_t g_v = g_u[n] * keep;
+    if constexpr (kMembraneInput) g_v_out[n] = g_v;
+    g_u[n] = g_s[n] * pseudo_derivative + g_v * lambda_mem[n];
+    g_i_out[n] = g_i_next[n] * lambda_syn[n] + g_v * leak[n];
+  }
 }
+
+// The whole backward pass of a population without recurrence whose surrogate derivative is
+// scale / (beta * |U - threshold| + 1)^2 (the SuperSpike family). It computes the surrogate
+// derivative, the direct spike gradient and the reset mask on the fly, so that the membrane sequence
+// is read once. grad_spikes is (batch, time, neurons); mem_sequence, not_clamped and
+// grad_membrane_input are (time, batch, neurons); adjoint_syn is (time + 2, batch, neurons) with
+// dL/dI_T and dL/dP_T in its last two slots on entry.
+void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor& mem_sequence,
+                                  const torch::Tensor& grad_spikes, std::optional<torch::Tensor> not_clamped,
+                                  torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
+                                  const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                                  double threshold_value, double beta_value, double scale_value,
+                                  std::optional<torch::Tensor> grad_membrane_input) {
+  const int64_t steps = mem_sequence.size(0), batch = mem_sequence.size(1);
+  const int64_t length = mem_sequence.numel() / std::max<int64_t>(1, steps * batch);
+  const auto dtype = mem_sequence.scalar_type();
+  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
+  TORCH_CHECK(grad_spikes.is_contiguous() && grad_spikes.numel() == mem_sequence.numel() &&
+                  grad_spikes.scalar_type() == dtype && grad_spikes.size(0) == batch,
+              "grad_spikes must be a contiguous (batch, time, neurons) tensor");
+  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
+  if (grad_membrane_input) check_contiguous(*grad_membrane_input, mem_sequence.sizes(), dtype, "grad_membrane_input");
+  TORCH_CHECK(adjoint_syn.is_contiguous() && adjoint_syn.numel() == (steps + 2) * batch * length &&
+                  adjoint_syn.scalar_type() == dtype,
+              "adjoint_syn must be a contiguous (time + 2, batch, neurons) tensor");
+  TORCH_CHECK(adjoint_mem.is_contiguous() && adjoint_mem.numel() == batch * length,
+              "adjoint_mem must be a contiguous (batch, neurons) state");
+
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_backward_superspike", [&] {
+    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
+    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
+    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
+    const scalar_t threshold = static_cast<scalar_t>(threshold_value);
+    const scalar_t beta = static_cast<scalar_t>(beta_value);
+    const scalar_t scale = static_cast<scalar_t>(scale_value);
+    const scalar_t* u_seq = mem_sequence.data_ptr<scalar_t>();
+    const scalar_t* g_s_seq = grad_spikes.data_ptr<scalar_t>();
+    const scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
+    scalar_t* g_u_all = adjoint_mem.data_ptr<scalar_t>();
+    scalar_t* g_i = adjoint_syn.data_ptr<scalar_t>();
+    scalar_t* g_v_seq = data_or_null<scalar_t>(grad_membrane_input);
+
+    at::parallel_for(0, batch, std::max<int64_t>(1, grain_rows({batch, length * steps})), [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        scalar_t* g_u = g_u_all + b * length;
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const int64_t row = (t * batch + b) * length;
+          const scalar_t* u = u_seq + row;
+          const scalar_t* g_s = g_s_seq + (b * steps + t) * length;
+          const scalar_t* nc = nc_seq != nullptr ? nc_seq + row : nullptr;
+          const scalar_t* g_i_next = g_i + row + batch * length;
+          scalar_t* g_i_out = g_i + row;
+          scalar_t* g_v_out = g_v_seq != nullptr ? g_v_seq + row : nullptr;
+          if (nc != nullptr && g_v_out != nullptr) {
+            superspike_row<scalar_t, true, true>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold, beta,
+                                                 scale, g_u, g_i_out, g_v_out, length);
+          } else if (nc != nullptr) {
+            superspike_row<scalar_t, true, false>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
+                                                  beta, scale, g_u, g_i_out, g_v_out, length);
+          } else if (g_v_out != nullptr) {
+            superspike_row<scalar_t, false, true>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
+                                                  beta, scale, g_u, g_i_out, g_v_out, length);
+          } else {
+            superspike_row<scalar_t, false, false>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
+                                                   beta, scale, g_u, g_i_out, g_v_out, length);
+          }
+          }
+        }
+    });
+  });
+}
+
+}  // namespace lightning_snn
