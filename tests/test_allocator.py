@@ -55,3 +55,13 @@ def test_retain_freed_memory_warns_without_glibc(monkeypatch):
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
     with pytest.warns(RuntimeWarning, match="needs glibc"):
         assert allocator.retain_freed_memory() is False
+
+
+@needs_glibc
+def test_retaining_flag_follows_the_setting():
+    result = subprocess.run(
+        [sys.executable, "-c", "from lightning_snn import allocator as a; print(a.retaining_freed_memory(), "
+         "a.retain_freed_memory(), a.retaining_freed_memory())"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert result.stdout.split() == ["False", "True", "True"]

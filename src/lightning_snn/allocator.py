@@ -29,6 +29,14 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1
 TOP_PAD_BYTES = 1 << 28
 
 
+_retaining = False
+
+
+def retaining_freed_memory() -> bool:
+    """Return True after :func:`retain_freed_memory` succeeded in this process."""
+    return _retaining
+
+
 def _glibc():
     """Return the loaded C library when it is glibc, else None."""
     if not sys.platform.startswith("linux"):
@@ -67,9 +75,11 @@ def retain_freed_memory(warn: bool = True) -> bool:
         return False
 
     # mallopt returns 1 on success. No mmap at all sends large requests to the heap.
+    global _retaining
     accepted = [
         library.mallopt(_M_MMAP_MAX, 0),
         library.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
         library.mallopt(_M_TOP_PAD, TOP_PAD_BYTES),
     ]
-    return all(result == 1 for result in accepted)
+    _retaining = all(result == 1 for result in accepted)
+    return _retaining

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_snn.allocator import retaining_freed_memory
 from lightning_snn.kernels import event_linear, prefers_events
 from lightning_snn.nn.constraints import WeightConstraint
 
@@ -273,9 +274,11 @@ class _ConvConnection(Connection):
         # in its backward pass. glibc maps such buffers fresh on every call, and their page faults
         # cost more than the arithmetic. Blocks of frames give the same drive, because every frame
         # is convolved on its own, and reuse small buffers instead.
+        # With glibc keeping freed memory (lightning_snn.allocator), large buffers cost no page faults,
+        # and one call saves the copy that joins the blocks.
         frame_bytes = frames.element_size() * (math.prod(self.in_shape) + math.prod(self.out_shape))
         block = max(1, _CONV_BLOCK_BYTES // frame_bytes)
-        if block >= frames.shape[0] or torch.compiler.is_compiling():
+        if block >= frames.shape[0] or torch.compiler.is_compiling() or retaining_freed_memory():
             return self.project(frames)
         return torch.cat([self.project(part) for part in frames.split(block)])
 
