@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 LIBRARY_NOTES = {
-    "lightning_snn": "this library, default backend (`auto`): fused LIF and readout kernels, event-driven input projection",
+    "lightning_snn": "this library, default backend (`auto`): fused LIF and readout kernels with compiled C++ steps, event-driven input and recurrent projections",
     "lightning_snn_plain": "this library, `set_backend(\"plain\")`: the step-by-step autograd loop",
     "lightning_snn_compile": "this library, plain backend, network forward wrapped in `torch.compile`",
     "snntorch": "snnTorch `Synaptic` / `RSynaptic` stepped in a Python loop (its tutorial idiom)",
@@ -34,19 +34,32 @@ BACKENDS = """## Backends
 `lightning_snn.kernels.set_backend(name)` (or the `use_backend(name)` context manager) selects how
 populations run:
 
-- `"auto"` (default): `LIF` and `LeakyReadout` populations run through fused sequence kernels with
-  a hand-written backward pass through time. They do so when the kernels support every feature in
-  use: the Heaviside surrogates (all but `MultiSpike` and `EscapeNoiseSpike`), detached or differentiable reset,
-  `clamp_mem`, dropout, stateful carry, heterogeneous and learnable time constants, and a bias-free
-  dense or stride-1 convolutional recurrence. Everything else (adaptive and E/I neurons, Dale's
-  layers, recorded state variables, other recurrences, a connection under an initializer's probe)
-  runs in the plain loop. Dense connections project inputs that need no gradient event by event when
-  their sampled density is at most `lightning_snn.kernels.events.EVENT_DENSITY_THRESHOLD`.
+- `"auto"` (default): `LIF`, `AdaptiveLIF`, `LearnableAdaptiveLIF` and `LeakyReadout` populations run
+  through fused sequence kernels with a hand-written backward pass through time. They do so when the
+  kernels support every feature in use: the Heaviside surrogates (all but `MultiSpike` and
+  `EscapeNoiseSpike`), detached or differentiable reset, `clamp_mem`, dropout, stateful carry,
+  heterogeneous and learnable time constants, and a bias-free dense or stride-1 convolutional
+  recurrence. Everything else (E/I neurons, Dale's layers, recorded state variables, other
+  recurrences, a connection under an initializer's probe) runs in the plain loop. On the CPU the
+  elementwise work of each LIF step runs in C++ (`lightning_snn/kernels/csrc/`, compiled on first use;
+  `LIGHTNING_SNN_NO_CPP=1` keeps torch ops). On a CUDA device with Triton installed, a LIF population
+  without recurrence runs its whole sequence in one Triton launch. Dense connections project inputs
+  that need no gradient event by event when their sampled density is at most
+  `lightning_snn.kernels.events.EVENT_DENSITY_THRESHOLD`, and dense recurrences do so for every step
+  whose spikes are sparse. `MaxPool` runs a C++ pooling kernel.
 - `"plain"`: the step-by-step autograd loop and dense projections everywhere.
 - `"fused"`: like `"auto"`, but raises `NotImplementedError` where a population cannot use a fused
   kernel.
 
 Code traced by `torch.compile` always takes the plain path, which compiles with `fullgraph=True`.
+
+## Memory allocator
+
+With glibc's default settings every buffer above 32 MiB is mapped afresh and returned on release, so
+each training step pays page faults for its sequence buffers. The `lightning-snn` command calls
+`lightning_snn.allocator.retain_freed_memory()`, which makes glibc reuse freed memory. The benchmark
+applies the same setting to every library's process (`--allocator retain`, the default), so the
+comparison measures the libraries, not the allocator.
 """
 
 
@@ -116,7 +129,8 @@ def render(report: dict, source: str) -> str:
         "interleave the libraries of a network, and the tables give the median over all timed steps. "
         "\"× fastest peer\" divides by the fastest of snnTorch, SpikingJelly, Norse and compiled Norse "
         "(below 1 is faster). Peak RSS added is the resident-memory high-water mark during the timed "
-        "steps minus the resident memory before them. Dense-equivalent GFLOP/s divides the FLOPs that "
+        "steps minus the resident memory before them, after freed memory was handed back to the system. "
+        "Dense-equivalent GFLOP/s divides the FLOPs that "
         "dense matmuls and convolutions of the step would need (forward, input gradient except for the "
         "network input, weight gradient) by the step time. It can exceed the GEMM rate where the "
         "event-driven input projection skips the zeros.",
@@ -129,6 +143,7 @@ def render(report: dict, source: str) -> str:
         f"- Float32 GEMM rate at this thread count (1024 × 1024 matmul): {fmt(gemm)} GFLOP/s.",
         f"- Load average (1, 5, 15 min) before: {report['load_before']}, after: {report['load_after']}. "
         "Other processes shared the machine when the load exceeds the number of threads used.",
+        f"- Allocator: `{report.get('allocator', 'default')}` in every process (see Memory allocator below).",
         f"- Rounds: {report['rounds']} of {report['steps']} steps per library"
         + (" (quick mode: 20 time steps)." if report.get("quick") else "."),
         f"- Command: `{report['command']}`, then `python benchmarks/write_report.py {source}`.",

@@ -50,12 +50,12 @@ def test_torch_steps_match_compiled_steps(monkeypatch, recurrent):
     network = SpikingNetwork(
         [DenseLayer(12, LIF(10e-3, 5e-3, clamp_mem=True), recurrent=recurrent), DenseLayer(10, LIF())],
         ReadoutLayer(3), input_shape=16, dt=1e-3,
-    )
+    ).double()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for connection in network.connections():
             connection.weight.copy_(torch.randn(connection.weight.shape, generator=generator) * 1.5)
-    x = (torch.rand(3, 40, 16, generator=generator) < 0.3).float()
+    x = (torch.rand(3, 40, 16, generator=generator) < 0.3).double()
 
     def run():
         network.zero_grad()
@@ -71,7 +71,7 @@ def test_torch_steps_match_compiled_steps(monkeypatch, recurrent):
     assert torch_spikes.sum() > 0
     assert torch.equal(compiled_spikes, torch_spikes)
     for compiled, plain in zip(compiled_grads, torch_grads):
-        torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled, plain, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
@@ -108,3 +108,23 @@ def test_max_pool_1d_matches_torch():
     pooled = max_pool(x, (2,), (2,))
     assert torch.equal(pooled, expected)
     assert torch.equal(torch.autograd.grad(pooled, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_find_events_by_hand():
+    from lightning_snn.kernels.events import find_events
+
+    x = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])
+    events = find_events(x)
+    assert events.rows.tolist() == [0, 2, 2]
+    assert events.columns.tolist() == [1, 0, 2]
+    assert events.scales.tolist() == [1.0, 2.0, 1.0]
+    assert events.row_offsets.tolist() == [0, 1, 1]
+
+
+@pytest.mark.skipif(not has_compiler, reason="no C++ compiler on this machine")
+def test_find_events_binary_needs_no_scales():
+    from lightning_snn.kernels.events import find_events
+
+    events = find_events(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert events.scales is None

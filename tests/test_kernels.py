@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from lightning_snn.kernels import event_linear, prefers_events, use_backend
 from lightning_snn.kernels.events import set_event_threshold
 import lightning_snn.kernels.events as events
+import lightning_snn.kernels.recurrence as recurrence_module
+from lightning_snn.kernels import cpu_extension
 from lightning_snn.nn import (
     LIF,
     AdaptiveLIF,
@@ -197,21 +199,35 @@ class _CountCalls:
 
 @pytest.mark.parametrize("dropout, calls", [(0.0, 1), (0.3, 1), (0.0, 2)])
 def test_event_driven_recurrence_matches_plain(monkeypatch, dropout, calls):
-    # 80 recurrent neurons are enough for the event path; weak weights keep the spikes sparse, so most
-    # steps take the event path and the dense steps in between take the matmul.
+    # The torch-op path: 80 recurrent neurons are enough for events, and weak weights keep the spikes
+    # sparse, so most steps take the event path and the dense steps in between take the matmul.
+    monkeypatch.setattr(cpu_extension, "available_for", lambda tensor: None)
     matmul = _CountCalls(events.events_matmul)
     weight_gradient = _CountCalls(events.events_weight_gradient)
     monkeypatch.setattr(events, "events_matmul", matmul)
     monkeypatch.setattr(events, "events_weight_gradient", weight_gradient)
+    assert_paths_agree(_sparse_recurrent_network(dropout, calls), poisson(4, 40, 16, rate=0.1), calls=calls)
+    assert matmul.calls > 0
+    assert weight_gradient.calls > 0
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="no C++ compiler on this machine")
+@pytest.mark.parametrize("step_density", [0.0, 1.0])
+@pytest.mark.parametrize("dropout, calls", [(0.0, 1), (0.3, 1), (0.0, 2)])
+def test_compiled_recurrence_matches_plain(monkeypatch, step_density, dropout, calls):
+    # The C++ loop projects every step by events (density limit 1) or every step by matmul (limit 0).
+    monkeypatch.setattr(recurrence_module, "STEP_EVENT_DENSITY_THRESHOLD", step_density)
+    assert_paths_agree(_sparse_recurrent_network(dropout, calls), poisson(4, 40, 16, rate=0.1), calls=calls)
+
+
+def _sparse_recurrent_network(dropout, calls):
     neuron = LIF(10e-3, 5e-3, dropout=dropout, stateful=calls > 1)
     network = SpikingNetwork(
         [DenseLayer(80, neuron, recurrent=True)], ReadoutLayer(3), input_shape=16, dt=DT
     ).double()
     randomize(network, scale=3.0)
     network.train()
-    assert_paths_agree(network, poisson(4, 40, 16, rate=0.1), calls=calls)
-    assert matmul.calls > 0
-    assert weight_gradient.calls > 0
+    return network
 
 
 def test_float32_spikes_identical():

@@ -6,7 +6,7 @@ threshold (at most 32 MiB) with a fresh ``mmap`` and returns it to the kernel on
 step then touches new pages again, and the page faults cost about as much as the arithmetic. On the
 DVS-sized convolutional network of ``benchmarks/`` they took a third of the step time.
 
-:func:`retain_freed_memory` tells glibc to serve large requests from its heap instead and to keep
+:func:`retain_freed_memory` makes glibc to serve large requests from its heap instead and to keep
 freed heap memory for reuse. The setting is process-wide: it changes how every library in the process
 allocates, so the ``lightning-snn`` command applies it, while plain imports of the package do not.
 The resident memory then stays at the peak of one step instead of falling back between steps.

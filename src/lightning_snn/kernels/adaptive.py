@@ -146,6 +146,8 @@ class _AdaptiveLIFSequence(torch.autograd.Function):
         # Work step by step on (batch, *shape) slices, which stay in cache, because whole-sequence
         # temporaries would each cost a fresh allocation. Comparisons write float 0/1 directly, because
         # boolean masks take slower kernels.
+        # Sparse steps of a dense recurrence are projected event by event (see recurrence.py).
+        project = None if recurrence is None else recurrence.step_projector(weight)
         for t in range(num_steps):
             last = t == num_steps - 1
             # H(U - threshold) and 1 - H(U - threshold), as the surrogate's strict step computes them.
@@ -187,7 +189,7 @@ class _AdaptiveLIFSequence(torch.autograd.Function):
                 pending = drive[:, t]
             else:
                 transmitted = step_spikes if mask is None else step_spikes * mask[:, t]
-                pending = drive[:, t] + recurrence.project(weight, transmitted)
+                pending = drive[:, t] + project(transmitted)
             mem, syn, ada = new_mem, new_syn, new_ada
 
         if recurrence is None:

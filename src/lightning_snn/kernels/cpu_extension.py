@@ -2,15 +2,17 @@
 
 ``lif_steps.cpp`` fuses the elementwise work of LIF time steps: the sequence kernel calls one function
 per step (or per sequence) instead of about ten torch ops, whose dispatch costs more than the
-arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one-byte window index.
+arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one-byte window index, and ``events.cpp`` lists the nonzero
+entries of sparse inputs for the event-driven projections.
 
 The sources are compiled with :func:`torch.utils.cpp_extension.load` into torch's extension cache
-(``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says otherwise). This takes about 30
+(``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` names another folder). This takes about 30
 seconds, once per machine and torch version. When no C++ compiler is available, or the environment
 variable ``LIGHTNING_SNN_NO_CPP=1`` is set, the kernels run the same steps with torch ops, which gives
 the same results more slowly.
 """
 
+import hashlib
 import os
 import re
 import sys
@@ -23,19 +25,41 @@ import torch
 
 #: Setting this environment variable to 1 keeps the kernels on torch ops.
 DISABLE_VARIABLE = "LIGHTNING_SNN_NO_CPP"
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lif_steps.cpp", "pooling.cpp", "bindings.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lif_steps.cpp", "pooling.cpp", "events.cpp", "bindings.cpp")]
 # -ffp-contract=off forbids fused multiply-adds, which would round differently from the torch ops of
 # the plain loop and could flip a spike at the threshold.
 COMPILER_FLAGS = ["-O3", "-ffp-contract=off"]
+# The kernels are compiled on the machine that runs them, so they may use all of its vector
+# instructions. The build name then includes the CPU's feature flags, so that machines sharing a home
+# folder each build their own copy.
+NATIVE_FLAGS = ["-march=native"]
 
 _module: Optional[ModuleType] = None
 _tried = False
 
 
+def _cpu_features() -> Optional[str]:
+    """Return the CPU feature flags from /proc/cpuinfo, or None where the file is missing."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _compiler_flags() -> list[str]:
+    return COMPILER_FLAGS + (NATIVE_FLAGS if _cpu_features() is not None else [])
+
+
 def _extension_name() -> str:
-    # One build per torch version: an extension built against another torch may not load.
+    # One build per torch version (an extension built against another torch may not load) and per CPU
+    # feature set (native instructions).
     version = re.sub(r"\W", "_", torch.__version__)
-    return f"lightning_snn_cpu_kernels_torch{version}"
+    features = hashlib.sha1(((_cpu_features() or "") + " ".join(_compiler_flags())).encode()).hexdigest()[:8]
+    return f"lightning_snn_cpu_kernels_torch{version}_{features}"
 
 
 def load() -> Optional[ModuleType]:
@@ -60,7 +84,7 @@ def load() -> Optional[ModuleType]:
         )
     try:
         _module = cpp_extension.load(
-            name=name, sources=[str(source) for source in SOURCES], extra_cflags=COMPILER_FLAGS, verbose=False
+            name=name, sources=[str(source) for source in SOURCES], extra_cflags=_compiler_flags(), verbose=False
         )
     except Exception as error:  # noqa: BLE001 - any build failure means "use the torch ops"
         warnings.warn(

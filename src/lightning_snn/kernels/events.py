@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_snn.kernels import cpu_extension
 from lightning_snn.kernels.backend import kernels_enabled
 
 #: Inputs with at most this fraction of nonzero entries use the event path. The density sweep of
@@ -97,6 +98,8 @@ class Events(NamedTuple):
     """Value of every event, or None when all values are 1 (binary spikes need no per-event scale)."""
     num_rows: int
     num_columns: int
+    row_offsets: Optional[Tensor] = None
+    """Index of each row's first event, when known (the projection needs it)."""
 
     @property
     def count(self) -> int:
@@ -106,6 +109,13 @@ class Events(NamedTuple):
 def find_events(x: Tensor) -> Events:
     """Return the nonzero entries of the 2-D tensor ``x``."""
     num_rows, num_columns = x.shape
+    kernels = cpu_extension.available_for(x)
+    if kernels is not None and x.is_contiguous() and x.numel() <= torch.iinfo(torch.int32).max:
+        # The compiled kernel lists rows, columns and row offsets in one pass.
+        rows, columns, values, offsets, binary = kernels.find_events(x)
+        scales = None if bool(binary) else values
+        return Events(rows, columns, scales, num_rows, num_columns, offsets[:-1])
+
     flat = x.reshape(-1)
     flat_index = nonzero_indices(flat)
     # 32-bit indices halve the memory that the events keep for the backward pass.
@@ -123,8 +133,10 @@ def events_matmul(events: Events, weight_t: Tensor) -> Tensor:
 
     Each output row sums the rows of ``weight_t`` selected by the columns of its events.
     """
-    row_starts = torch.arange(events.num_rows, device=events.rows.device, dtype=events.rows.dtype)
-    row_offsets = torch.searchsorted(events.rows, row_starts, out_int32=events.rows.dtype == torch.int32)
+    row_offsets = events.row_offsets
+    if row_offsets is None:
+        row_starts = torch.arange(events.num_rows, device=events.rows.device, dtype=events.rows.dtype)
+        row_offsets = torch.searchsorted(events.rows, row_starts, out_int32=events.rows.dtype == torch.int32)
     return F.embedding_bag(
         events.columns, weight_t, row_offsets, mode="sum", per_sample_weights=events.scales
     )
@@ -160,7 +172,7 @@ class _EventLinear(torch.autograd.Function):
         if bias is not None:
             output = output + bias
 
-        ctx.events = events._replace(rows=None, columns=None, scales=None)
+        ctx.events = events._replace(rows=None, columns=None, scales=None, row_offsets=None)
         ctx.save_for_backward(events.rows, events.columns, events.scales, weight)
         return output
 

@@ -96,8 +96,8 @@ def _forward_step_function(options, threshold, clamp_max, decay_mem, one_minus_d
 
     It writes ``S_t`` into ``spikes``, ``U_{t+1}`` into ``new_mem``, ``I_{t+1}`` into ``new_syn`` and,
     with a clip, whether ``U_{t+1}`` stayed below it into ``not_clamped``. The fused C++ step runs when
-    it is compiled, the torch ops otherwise; both apply the float operations of ``LIF.step`` in its
-    order, so both match it bit for bit.
+    it is compiled, and the torch ops run otherwise. Both apply the float operations of ``LIF.step`` in
+    its order, so both match it bit for bit.
     """
     steps = cpu_extension.available_for(like)
     if steps is not None:
@@ -209,6 +209,24 @@ def _forward_loop(
     return mem, syn, pending
 
 
+class _CurrentAdjointSlots:
+    """The adjoint of the current, slots ``0 .. T + 1``, laid out so that the drive gradient is batch-major.
+
+    Slot ``s >= 2`` is ``grad_drive[:, s - 2]`` (``dL/dX_{s-2} = dL/dI_s``); slots 0 and 1 are
+    ``edge[0]`` (``dL/dI_0``) and ``edge[1]`` (``dL/dP_0``).
+    """
+
+    def __init__(self, grad_drive: Tensor, edge: Tensor) -> None:
+        self.grad_drive, self.edge = grad_drive, edge
+
+    def __getitem__(self, slot: int) -> Tensor:
+        return self.grad_drive[:, slot - 2] if slot >= 2 else self.edge[slot]
+
+    def time_major(self, start: int, stop: int) -> Tensor:
+        """Return slots ``start .. stop - 1`` stacked along a leading time axis."""
+        return torch.stack([self[slot] for slot in range(start, stop)])
+
+
 class _LIFSequence(torch.autograd.Function):
     # The saved sequences and the adjoint buffer are time-major, (time, batch, *shape), so that every
     # per-step slice is contiguous. Convolutions would otherwise copy each strided slice first.
@@ -242,7 +260,21 @@ class _LIFSequence(torch.autograd.Function):
         else:
             syn = syn.contiguous()
         steps = cpu_extension.available_for(drive)
-        if steps is not None and recurrence is None:
+        if steps is not None and recurrence is not None and recurrence.kind == "dense":
+            # The whole loop, dense recurrence included, runs in C++; sparse steps project by events.
+            final_mem = torch.empty_like(mem)
+            final_syn = syn.clone()
+            pending_work = pending.clone()
+            event_density = recurrence.step_event_density(weight)
+            steps.forward_sequence_recurrent(
+                drive, pending_work, _per_neuron(decay_mem, mem.shape[1:]),
+                _per_neuron(one_minus_decay_mem, mem.shape[1:]), _per_neuron(decay_syn, mem.shape[1:]),
+                options.threshold, options.clamp_max, spikes, mem_sequence, syn_sequence, not_clamped,
+                final_mem, final_syn, weight.detach().t().contiguous(),
+                None if mask is None else mask.contiguous(), event_density,
+            )
+            mem, syn, pending = final_mem, final_syn, pending_work
+        elif steps is not None and recurrence is None:
             # Without a recurrence the neurons need nothing between steps: one call runs them all.
             final_mem = torch.empty_like(mem)
             final_syn = syn.clone()
@@ -277,11 +309,6 @@ class _LIFSequence(torch.autograd.Function):
         decay_mem = as_constant(original_decay_mem, mem_sequence)
         decay_syn = as_constant(original_decay_syn, mem_sequence)
 
-        # adjoint_syn[k] contains dL/dI_k for k <= T and dL/dP_T at k = T + 1, so that
-        # dL/dX_t = dL/dP_{t+1} = adjoint_syn[t + 2] for every t.
-        adjoint_syn = mem_sequence.new_empty((num_steps + 2, *mem_sequence.shape[1:]))
-        adjoint_syn[num_steps].copy_(grad_syn)
-        adjoint_syn[num_steps + 1].copy_(grad_pending)
         # dL/dU_t is updated in place, from a copy of the incoming gradient.
         adjoint_mem = torch.empty_like(mem_sequence[0])
         adjoint_mem.copy_(grad_mem)
@@ -290,24 +317,44 @@ class _LIFSequence(torch.autograd.Function):
             grad_membrane_input = torch.empty_like(mem_sequence)
         steps = cpu_extension.available_for(adjoint_mem)
         superspike_scale = _superspike_scale(surrogate)
-        # Steps that the loop below still has to run backwards, from steps_left - 1 down to 0.
-        steps_left = num_steps
         if (
             steps is not None
-            and recurrence is None
+            and (recurrence is None or recurrence.kind == "dense")
             and not options.diff_reset
             and superspike_scale is not None
             and grad_spikes.is_contiguous()
         ):
-            # One pass over the sequence computes the surrogate derivative and the adjoint.
+            # One C++ pass over the sequence computes the surrogate derivative and the adjoint, and
+            # writes the drive gradient batch-major, as the connection before reshapes it.
             shape = adjoint_mem.shape[1:]
+            grad_drive = torch.empty_like(grad_spikes)
+            edge = mem_sequence.new_empty((2, *mem_sequence.shape[1:]))
+            slots = _CurrentAdjointSlots(grad_drive, edge)
+            slots[num_steps].copy_(grad_syn)
+            slots[num_steps + 1].copy_(grad_pending)
             steps.backward_sequence_superspike(
-                adjoint_mem, mem_sequence, grad_spikes, not_clamped, adjoint_syn,
+                adjoint_mem, mem_sequence, grad_spikes, not_clamped, grad_drive, edge,
                 _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape),
                 _per_neuron(decay_syn, shape), options.threshold, surrogate.beta, superspike_scale,
-                grad_membrane_input,
+                grad_membrane_input, None if recurrence is None else weight.detach().contiguous(),
+                None if mask is None else mask.contiguous(),
             )
-            steps_left = 0
+            grad_weight = None
+            if recurrence is not None and weight.requires_grad:
+                transmitted = spikes if mask is None else spikes * mask
+                grad_weight = recurrence.weight_gradient(weight, transmitted.flatten(0, 1), grad_drive.flatten(0, 1))
+            grad_decay_mem = grad_decay_syn = None
+            if grad_membrane_input is not None:
+                grad_decay_mem = decay_gradient(original_decay_mem, grad_membrane_input * (mem_sequence - syn_sequence))
+            if needs_grad(original_decay_syn):
+                grad_decay_syn = decay_gradient(original_decay_syn, slots.time_major(1, num_steps + 1) * syn_sequence)
+            return grad_drive, adjoint_mem, edge[0], edge[1], grad_decay_mem, grad_decay_syn, grad_weight, None, None
+
+        # adjoint_syn[k] contains dL/dI_k for k <= T and dL/dP_T at k = T + 1, so that
+        # dL/dX_t = dL/dP_{t+1} = adjoint_syn[t + 2] for every t.
+        adjoint_syn = mem_sequence.new_empty((num_steps + 2, *mem_sequence.shape[1:]))
+        adjoint_syn[num_steps].copy_(grad_syn)
+        adjoint_syn[num_steps + 1].copy_(grad_pending)
 
         backward_step = _backward_step_function(decay_mem, one_minus_decay_mem, decay_syn, adjoint_mem)
         chunk_steps_fn = None
@@ -315,12 +362,12 @@ class _LIFSequence(torch.autograd.Function):
             chunk_steps_fn = steps.backward_steps
             shape = adjoint_mem.shape[1:]
             lambdas = [_per_neuron(value, shape) for value in (decay_mem, one_minus_decay_mem, decay_syn)]
-        chunk_steps = max(1, min(steps_left, _CHUNK_ELEMENTS // mem_sequence[0].numel()))
+        chunk_steps = max(1, min(num_steps, _CHUNK_ELEMENTS // mem_sequence[0].numel()))
         keep_buffer = mem_sequence.new_empty((chunk_steps, *mem_sequence.shape[1:]))
         direct_buffer = torch.empty_like(keep_buffer)
 
-        for t in reversed(range(steps_left)):
-            if t == steps_left - 1 or (t + 1) % chunk_steps == 0:
+        for t in reversed(range(num_steps)):
+            if t == num_steps - 1 or (t + 1) % chunk_steps == 0:
                 # Everything that does not depend on the adjoint state is computed for a chunk of
                 # steps at once: fewer, larger ops, on blocks small enough to stay in cache.
                 start = (t // chunk_steps) * chunk_steps

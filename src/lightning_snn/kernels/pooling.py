@@ -1,8 +1,9 @@
 """Max pooling of spike maps through the compiled CPU kernel of ``csrc/pooling.cpp``.
 
 It gives the same outputs and gradients as :func:`torch.nn.functional.max_pool2d` without padding or
-dilation (ties go to the first maximum of the window), several times faster on channel-first maps,
-and keeps one byte per output for the backward pass instead of a 64-bit index.
+dilation, and ties go to the first maximum of the window as there. On the 2 x 2 pooling of the DVS
+benchmark network it took 25 ms where torch took 44 ms (one thread). It keeps one byte per output for
+the backward pass instead of a 64-bit index.
 """
 
 from typing import Optional

@@ -21,9 +21,8 @@ from lightning_snn.kernels import events as event_kernels
 from lightning_snn.kernels.backend import kernels_enabled
 
 #: Spikes of one step with at most this fraction of nonzero entries are projected event by event.
-#: One step of a batch of 64 x 256 recurrent neurons projected through a 256 x 256 weight took 90 us as
-#: a matmul and 40 / 51 / 59 us event by event at 2 / 5 / 10 % density (one thread, 2-core AVX-512
-#: x86-64 VM).
+#: One step of a batch of 64 x 256 recurrent neurons through a 256 x 256 weight took 90 us as a matmul
+#: (one thread, 2-core AVX-512 x86-64 VM). Event by event it took 40 / 51 / 59 us at 2 / 5 / 10 % density.
 STEP_EVENT_DENSITY_THRESHOLD = 0.1
 
 RecurrenceKind = Literal["dense", "conv1d", "conv2d"]
@@ -66,6 +65,10 @@ class LinearRecurrence(NamedTuple):
             return event_kernels.events_matmul(events, weight_t).reshape(spikes.shape)
 
         return project
+
+    def step_event_density(self, weight: Tensor) -> float:
+        """Return the spike density up to which a step is projected event by event (0 for never)."""
+        return STEP_EVENT_DENSITY_THRESHOLD if self._events_allowed(weight) else 0.0
 
     def transpose(self, weight: Tensor, grad_drive: Tensor) -> Tensor:
         """Map a gradient w.r.t. the drive back to a gradient w.r.t. the transmitted spikes."""

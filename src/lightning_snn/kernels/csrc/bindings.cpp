@@ -29,14 +29,23 @@ void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const 
                     std::optional<torch::Tensor> grad_membrane_input);
 void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor& mem_sequence,
                                   const torch::Tensor& grad_spikes, std::optional<torch::Tensor> not_clamped,
-                                  torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
+                                  torch::Tensor grad_drive, torch::Tensor edge, const torch::Tensor& decay_mem,
                                   const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
                                   double threshold_value, double beta_value, double scale_value,
-                                  std::optional<torch::Tensor> grad_membrane_input);
+                                  std::optional<torch::Tensor> grad_membrane_input,
+                                  std::optional<torch::Tensor> weight, std::optional<torch::Tensor> mask);
+void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pending_work, const torch::Tensor& decay_mem,
+                                const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                                double threshold_value, std::optional<double> clamp, torch::Tensor spikes,
+                                torch::Tensor mem_sequence, std::optional<torch::Tensor> syn_sequence,
+                                std::optional<torch::Tensor> not_clamped, torch::Tensor final_mem,
+                                torch::Tensor final_syn, const torch::Tensor& weight_t,
+                                std::optional<torch::Tensor> mask, double event_density);
 std::vector<torch::Tensor> max_pool2d_forward(const torch::Tensor& input, int64_t kernel_h, int64_t kernel_w,
                                               int64_t stride_h, int64_t stride_w);
 torch::Tensor max_pool2d_backward(const torch::Tensor& grad_output, const torch::Tensor& argmax, int64_t height,
                                   int64_t width, int64_t kernel_w, int64_t stride_h, int64_t stride_w);
+std::vector<torch::Tensor> find_events(const torch::Tensor& x);
 
 }  // namespace lightning_snn
 
@@ -47,7 +56,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("forward_sequence", &forward_sequence, "All forward steps of a LIF population without recurrence.");
   module.def("backward_steps", &backward_steps, "A chunk of adjoint steps of a LIF population without recurrence.");
   module.def("backward_sequence_superspike", &backward_sequence_superspike,
-             "The backward pass of a LIF population without recurrence, with a SuperSpike surrogate.");
+             "The backward pass of a LIF population (optionally with a dense recurrence), SuperSpike surrogate.");
+  module.def("forward_sequence_recurrent", &forward_sequence_recurrent,
+             "All forward steps of a LIF population with a dense recurrence.");
+  module.def("find_events", &find_events, "Rows, columns, values and row offsets of the nonzero entries.");
   module.def("max_pool2d_forward", &max_pool2d_forward, "Max pooling that keeps the window index of each maximum.");
   module.def("max_pool2d_backward", &max_pool2d_backward, "Gradient of max_pool2d_forward.");
 }

@@ -1,4 +1,5 @@
-// One time step of the LIF sequence kernel and of its adjoint, each fused into a single pass.
+// The elementwise work of the LIF sequence kernel and of its adjoint, fused into single passes: one
+// time step at a time for recurrent populations, whole sequences for the others.
 //
 // The Python loop in lif.py would otherwise launch about ten elementwise torch ops per step, and on
 // small populations their dispatch costs more than the arithmetic. Each function here reads every
@@ -6,9 +7,9 @@
 // the same order as LIF.step (it is built with -ffp-contract=off, so no multiply-add is fused), which
 // keeps spikes and states identical to the plain loop.
 //
-// All state tensors are (batch, neurons) with contiguous rows; a row of an output may start at any
-// stride, so that a time slice of a (batch, time, neurons) sequence can be written in place. Decays
-// hold one value per neuron.
+// All state tensors of the step functions are (batch, neurons) with contiguous rows. A row of an output
+// may start at any stride, so that a time slice of a (batch, time, neurons) sequence can be written in
+// place. Decays contain one value per neuron.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -252,7 +253,7 @@ void check_contiguous(const torch::Tensor& x, at::IntArrayRef shape, at::ScalarT
 // The whole forward pass of a population without recurrence. Each batch row runs all its time steps
 // before the next row starts, so that its states stay in cache. Layouts: drive and spikes are
 // (batch, time, neurons); mem_sequence, syn_sequence and not_clamped are (time, batch, neurons), and
-// mem_sequence[0] (and syn_sequence[0]) already hold the initial state. final_syn holds the initial
+// mem_sequence[0] (and syn_sequence[0]) already hold the initial state. final_syn contains the initial
 // current on entry when there is no syn_sequence.
 void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, const torch::Tensor& decay_mem,
                       const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn, double threshold_value,
@@ -317,7 +318,7 @@ void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, 
 
 // Several steps of the adjoint recurrence of a population without recurrence, from the last step of
 // a chunk back to its first. keep, direct and grad_membrane_input are (steps, batch, neurons);
-// adjoint_syn is (steps + 1, batch, neurons) and holds dL/dI after the chunk in its last slot on entry.
+// adjoint_syn is (steps + 1, batch, neurons) and contains dL/dI after the chunk in its last slot on entry.
 void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
                     torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
                     const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
@@ -365,11 +366,11 @@ void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const 
 
 // One batch row of one step of backward_sequence_superspike, with the clip mask and the
 // membrane-input output as template flags so that the loop has no branch and vectorises.
-template <typename scalar_t, bool kClamp, bool kMembraneInput>
+template <typename scalar_t, bool kClamp, bool kMembraneInput, bool kSpikeGrad>
 void superspike_row(const scalar_t* u, const scalar_t* g_s, const scalar_t* nc, const scalar_t* g_i_next,
                     const scalar_t* lambda_mem, const scalar_t* leak, const scalar_t* lambda_syn, scalar_t threshold,
                     scalar_t beta, scalar_t scale, scalar_t* g_u, scalar_t* g_i_out, scalar_t* g_v_out,
-                    int64_t length) {
+                    const scalar_t* recurrent_grad, int64_t length) {
 #pragma GCC ivdep
   for (int64_t n = 0; n < length; ++n) {
     const scalar_t x = u[n] - threshold;
@@ -379,23 +380,52 @@ void superspike_row(const scalar_t* u, const scalar_t* g_s, const scalar_t* nc, 
     if constexpr (kClamp) keep *= nc[n];
     const scalar_t g_v = g_u[n] * keep;
     if constexpr (kMembraneInput) g_v_out[n] = g_v;
-    g_u[n] = g_s[n] * pseudo_derivative + g_v * lambda_mem[n];
+    // A recurrence adds the gradient that the spike receives through the next step's drive.
+    scalar_t spike_grad = g_s[n];
+    if constexpr (kSpikeGrad) spike_grad += recurrent_grad[n];
+    g_u[n] = spike_grad * pseudo_derivative + g_v * lambda_mem[n];
     g_i_out[n] = g_i_next[n] * lambda_syn[n] + g_v * leak[n];
   }
+}
+
+// Calls the superspike_row variant for the optional inputs that are present (non-null).
+template <typename scalar_t>
+void superspike_row_any(const scalar_t* u, const scalar_t* g_s, const scalar_t* nc, const scalar_t* g_i_next,
+                        const scalar_t* lambda_mem, const scalar_t* leak, const scalar_t* lambda_syn,
+                        scalar_t threshold, scalar_t beta, scalar_t scale, scalar_t* g_u, scalar_t* g_i_out,
+                        scalar_t* g_v_out, const scalar_t* recurrent_grad, int64_t length) {
+  const int variant = (nc != nullptr ? 1 : 0) + (g_v_out != nullptr ? 2 : 0) + (recurrent_grad != nullptr ? 4 : 0);
+#define LIGHTNING_SNN_ROW(CLAMP, INPUT, SPIKE)                                                                \
+  superspike_row<scalar_t, CLAMP, INPUT, SPIKE>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold, \
+                                                beta, scale, g_u, g_i_out, g_v_out, recurrent_grad, length)
+  switch (variant) {
+    case 0: LIGHTNING_SNN_ROW(false, false, false); break;
+    case 1: LIGHTNING_SNN_ROW(true, false, false); break;
+    case 2: LIGHTNING_SNN_ROW(false, true, false); break;
+    case 3: LIGHTNING_SNN_ROW(true, true, false); break;
+    case 4: LIGHTNING_SNN_ROW(false, false, true); break;
+    case 5: LIGHTNING_SNN_ROW(true, false, true); break;
+    case 6: LIGHTNING_SNN_ROW(false, true, true); break;
+    default: LIGHTNING_SNN_ROW(true, true, true); break;
+  }
+#undef LIGHTNING_SNN_ROW
 }
 
 // The whole backward pass of a population without recurrence whose surrogate derivative is
 // scale / (beta * |U - threshold| + 1)^2 (the SuperSpike family). It computes the surrogate
 // derivative, the direct spike gradient and the reset mask on the fly, so that the membrane sequence
-// is read once. grad_spikes is (batch, time, neurons); mem_sequence, not_clamped and
-// grad_membrane_input are (time, batch, neurons); adjoint_syn is (time + 2, batch, neurons) with
-// dL/dI_T and dL/dP_T in its last two slots on entry.
+// is read once. grad_spikes and grad_drive are (batch, time, neurons); mem_sequence, not_clamped and
+// grad_membrane_input are (time, batch, neurons). The adjoint of the current has time + 2 slots: slot
+// s >= 2 is grad_drive[:, s - 2] (dL/dX_{s-2} = dL/dI_s), and slots 0 and 1 are edge[0] and edge[1]
+// (dL/dI_0 and dL/dP_0). Slots T and T + 1 contain dL/dI_T and dL/dP_T on entry. The drive gradient
+// is written batch-major, so the connection before needs no copy to reshape it.
 void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor& mem_sequence,
                                   const torch::Tensor& grad_spikes, std::optional<torch::Tensor> not_clamped,
-                                  torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
+                                  torch::Tensor grad_drive, torch::Tensor edge, const torch::Tensor& decay_mem,
                                   const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
                                   double threshold_value, double beta_value, double scale_value,
-                                  std::optional<torch::Tensor> grad_membrane_input) {
+                                  std::optional<torch::Tensor> grad_membrane_input,
+                                  std::optional<torch::Tensor> weight, std::optional<torch::Tensor> mask) {
   const int64_t steps = mem_sequence.size(0), batch = mem_sequence.size(1);
   const int64_t length = mem_sequence.numel() / std::max<int64_t>(1, steps * batch);
   const auto dtype = mem_sequence.scalar_type();
@@ -405,9 +435,11 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
               "grad_spikes must be a contiguous (batch, time, neurons) tensor");
   if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
   if (grad_membrane_input) check_contiguous(*grad_membrane_input, mem_sequence.sizes(), dtype, "grad_membrane_input");
-  TORCH_CHECK(adjoint_syn.is_contiguous() && adjoint_syn.numel() == (steps + 2) * batch * length &&
-                  adjoint_syn.scalar_type() == dtype,
-              "adjoint_syn must be a contiguous (time + 2, batch, neurons) tensor");
+  TORCH_CHECK(grad_drive.is_contiguous() && grad_drive.numel() == steps * batch * length &&
+                  grad_drive.scalar_type() == dtype,
+              "grad_drive must be a contiguous (batch, time, neurons) tensor");
+  TORCH_CHECK(edge.is_contiguous() && edge.numel() == 2 * batch * length && edge.scalar_type() == dtype,
+              "edge must be a contiguous (2, batch, neurons) tensor");
   TORCH_CHECK(adjoint_mem.is_contiguous() && adjoint_mem.numel() == batch * length,
               "adjoint_mem must be a contiguous (batch, neurons) state");
 
@@ -422,8 +454,35 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
     const scalar_t* g_s_seq = grad_spikes.data_ptr<scalar_t>();
     const scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
     scalar_t* g_u_all = adjoint_mem.data_ptr<scalar_t>();
-    scalar_t* g_i = adjoint_syn.data_ptr<scalar_t>();
+    scalar_t* g_x = grad_drive.data_ptr<scalar_t>();
+    scalar_t* g_edge = edge.data_ptr<scalar_t>();
     scalar_t* g_v_seq = data_or_null<scalar_t>(grad_membrane_input);
+    // Row of batch entry b in slot s of the current's adjoint.
+    const auto slot = [&](int64_t s, int64_t b) {
+      return s >= 2 ? g_x + (b * steps + s - 2) * length : g_edge + (s * batch + b) * length;
+    };
+
+    if (weight) {
+      // With a dense recurrence, W^T dL/dP_{t+1} enters each step, so time is the outer loop.
+      const auto slot_tensor = [&](int64_t s) {
+        return (s >= 2 ? grad_drive.select(1, s - 2) : edge.select(0, s)).reshape({batch, length});
+      };
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        torch::Tensor recurrent = at::mm(slot_tensor(t + 2), *weight);
+        if (mask) recurrent.mul_(mask->select(1, t).reshape({batch, length}));
+        const scalar_t* r = recurrent.data_ptr<scalar_t>();
+        at::parallel_for(0, batch, grain_rows({batch, length}), [&](int64_t first, int64_t last) {
+          for (int64_t b = first; b < last; ++b) {
+            const int64_t row = (t * batch + b) * length;
+            superspike_row_any<scalar_t>(u_seq + row, g_s_seq + (b * steps + t) * length,
+                                         nc_seq != nullptr ? nc_seq + row : nullptr, slot(t + 1, b), lambda_mem, leak,
+                                         lambda_syn, threshold, beta, scale, g_u_all + b * length, slot(t, b),
+                                         g_v_seq != nullptr ? g_v_seq + row : nullptr, r + b * length, length);
+          }
+        });
+      }
+      return;
+    }
 
     at::parallel_for(0, batch, std::max<int64_t>(1, grain_rows({batch, length * steps})), [&](int64_t first, int64_t last) {
       for (int64_t b = first; b < last; ++b) {
@@ -433,25 +492,119 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
           const scalar_t* u = u_seq + row;
           const scalar_t* g_s = g_s_seq + (b * steps + t) * length;
           const scalar_t* nc = nc_seq != nullptr ? nc_seq + row : nullptr;
-          const scalar_t* g_i_next = g_i + row + batch * length;
-          scalar_t* g_i_out = g_i + row;
+          const scalar_t* g_i_next = slot(t + 1, b);
+          scalar_t* g_i_out = slot(t, b);
           scalar_t* g_v_out = g_v_seq != nullptr ? g_v_seq + row : nullptr;
-          if (nc != nullptr && g_v_out != nullptr) {
-            superspike_row<scalar_t, true, true>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold, beta,
-                                                 scale, g_u, g_i_out, g_v_out, length);
-          } else if (nc != nullptr) {
-            superspike_row<scalar_t, true, false>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
-                                                  beta, scale, g_u, g_i_out, g_v_out, length);
-          } else if (g_v_out != nullptr) {
-            superspike_row<scalar_t, false, true>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
-                                                  beta, scale, g_u, g_i_out, g_v_out, length);
-          } else {
-            superspike_row<scalar_t, false, false>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold,
-                                                   beta, scale, g_u, g_i_out, g_v_out, length);
-          }
+          superspike_row_any<scalar_t>(u, g_s, nc, g_i_next, lambda_mem, leak, lambda_syn, threshold, beta, scale,
+                                       g_u, g_i_out, g_v_out, nullptr, length);
+        }
+      }
+    });
+  });
+}
+
+// The whole forward pass of a population with a dense recurrence W (weight_t = W^T, (neurons,
+// neurons)). Layouts as for forward_sequence; pending_work contains the initial pending drive on entry
+// and the drive pending after the last step on exit. Steps whose transmitted spikes have at most
+// event_density nonzero entries add one row of weight_t per spike; the others use a matmul. Both
+// compute drive_t + W s_t as a sum of the projection and the drive, like the plain loop.
+void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pending_work, const torch::Tensor& decay_mem,
+                                const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                                double threshold_value, std::optional<double> clamp, torch::Tensor spikes,
+                                torch::Tensor mem_sequence, std::optional<torch::Tensor> syn_sequence,
+                                std::optional<torch::Tensor> not_clamped, torch::Tensor final_mem,
+                                torch::Tensor final_syn, const torch::Tensor& weight_t,
+                                std::optional<torch::Tensor> mask, double event_density) {
+  const int64_t batch = drive.size(0), steps = drive.size(1), length = drive.numel() / std::max<int64_t>(1, batch * steps);
+  const auto dtype = drive.scalar_type();
+  check_contiguous(drive, drive.sizes(), dtype, "drive");
+  check_contiguous(spikes, drive.sizes(), dtype, "spikes");
+  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
+  if (syn_sequence) check_contiguous(*syn_sequence, mem_sequence.sizes(), dtype, "syn_sequence");
+  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
+  if (mask) check_contiguous(*mask, drive.sizes(), dtype, "mask");
+  TORCH_CHECK(clamp.has_value() == not_clamped.has_value(), "give clamp_max and not_clamped together");
+  check_contiguous(weight_t, {length, length}, dtype, "weight_t");
+  for (const torch::Tensor* state : {static_cast<const torch::Tensor*>(&pending_work),
+                                     static_cast<const torch::Tensor*>(&final_mem),
+                                     static_cast<const torch::Tensor*>(&final_syn)}) {
+    TORCH_CHECK(state->is_contiguous() && state->numel() == batch * length && state->scalar_type() == dtype,
+                "pending_work, final_mem and final_syn must be contiguous (batch, neurons) states");
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_forward_sequence_recurrent", [&] {
+    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
+    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
+    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
+    const scalar_t threshold = static_cast<scalar_t>(threshold_value);
+    const scalar_t clamp_max = static_cast<scalar_t>(clamp.value_or(0.0));
+    const scalar_t* x = drive.data_ptr<scalar_t>();
+    const scalar_t* w = weight_t.data_ptr<scalar_t>();
+    const scalar_t* m = data_or_null<scalar_t>(mask);
+    scalar_t* p = pending_work.data_ptr<scalar_t>();
+    scalar_t* s = spikes.data_ptr<scalar_t>();
+    scalar_t* u_seq = mem_sequence.data_ptr<scalar_t>();
+    scalar_t* i_seq = data_or_null<scalar_t>(syn_sequence);
+    scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
+    scalar_t* u_last = final_mem.data_ptr<scalar_t>();
+    scalar_t* i_last = final_syn.data_ptr<scalar_t>();
+    auto transmitted = torch::empty({batch, length}, drive.options());
+    auto projection = torch::empty({batch, length}, drive.options());
+    scalar_t* tr = transmitted.data_ptr<scalar_t>();
+    scalar_t* proj = projection.data_ptr<scalar_t>();
+
+    for (int64_t t = 0; t < steps; ++t) {
+      const bool final_step = t == steps - 1;
+      // The neuron update of every row, then the transmitted spikes of this step.
+      int64_t events = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t* u = u_seq + (t * batch + b) * length;
+        scalar_t* u_out = final_step ? u_last + b * length : u_seq + ((t + 1) * batch + b) * length;
+        const scalar_t* i = i_seq != nullptr ? i_seq + (t * batch + b) * length : i_last + b * length;
+        scalar_t* i_out = (i_seq != nullptr && !final_step) ? i_seq + ((t + 1) * batch + b) * length
+                                                            : i_last + b * length;
+        scalar_t* s_out = s + (b * steps + t) * length;
+        if (nc_seq != nullptr) {
+          forward_row<scalar_t, true>(u, i, p + b * length, lambda_mem, leak, lambda_syn, threshold, clamp_max,
+                                      s_out, u_out, i_out, nc_seq + (t * batch + b) * length, length);
+        } else {
+          forward_row<scalar_t, false>(u, i, p + b * length, lambda_mem, leak, lambda_syn, threshold, clamp_max,
+                                       s_out, u_out, i_out, nullptr, length);
+        }
+        scalar_t* tr_row = tr + b * length;
+        const scalar_t* m_row = m != nullptr ? m + (b * steps + t) * length : nullptr;
+        for (int64_t n = 0; n < length; ++n) {
+          tr_row[n] = m_row != nullptr ? s_out[n] * m_row[n] : s_out[n];
+          events += tr_row[n] != scalar_t(0);
+        }
+      }
+
+      // W s_t, event by event when the step is sparse.
+      if (events <= static_cast<int64_t>(event_density * static_cast<double>(batch * length))) {
+        projection.zero_();
+        for (int64_t b = 0; b < batch; ++b) {
+          const scalar_t* tr_row = tr + b * length;
+          scalar_t* out = proj + b * length;
+          for (int64_t k = 0; k < length; ++k) {
+            const scalar_t value = tr_row[k];
+            if (value == scalar_t(0)) continue;
+            const scalar_t* w_row = w + k * length;
+_Pragma("GCC ivdep")
+            for (int64_t n = 0; n < length; ++n) out[n] += value * w_row[n];
           }
         }
-    });
+      } else {
+        at::mm_out(projection, transmitted, weight_t);
+      }
+      // The drive produced now arrives at the next step.
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t* x_row = x + (b * steps + t) * length;
+        const scalar_t* proj_row = proj + b * length;
+        scalar_t* p_row = p + b * length;
+_Pragma("GCC ivdep")
+        for (int64_t n = 0; n < length; ++n) p_row[n] = x_row[n] + proj_row[n];
+      }
+    }
   });
 }
 
