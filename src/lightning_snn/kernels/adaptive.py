@@ -49,14 +49,11 @@ import torch
 from torch import Tensor
 
 from lightning_snn.kernels._reduce import as_constant, needs_grad
-from lightning_snn.kernels.lif import supports_surrogate
+from lightning_snn.kernels.lif import _CHUNK_ELEMENTS, supports_surrogate
 from lightning_snn.kernels.recurrence import LinearRecurrence
 from lightning_snn.surrogate import SurrogateSpike
 
 FloatOrTensor = Union[float, Tensor]
-# Elements per block of the backward pass's vectorised part: 2^16 float32 values are 256 kB per
-# temporary, which fits in a typical L2 cache (8 steps of a batch of 64 x 128 neurons).
-_CHUNK_ELEMENTS = 1 << 16
 
 
 class AdaptiveLIFSequenceOutput(NamedTuple):

@@ -55,11 +55,14 @@ def _compiler_flags() -> list[str]:
 
 
 def _extension_name() -> str:
-    # One build per torch version (an extension built against another torch may not load) and per CPU
-    # feature set (native instructions).
+    # One build per torch version (an extension built against another torch may not load), per CPU
+    # feature set (native instructions) and per content of the sources and the header, which torch's
+    # own change check does not cover.
     version = re.sub(r"\W", "_", torch.__version__)
-    features = hashlib.sha1(((_cpu_features() or "") + " ".join(_compiler_flags())).encode()).hexdigest()[:8]
-    return f"lightning_snn_cpu_kernels_torch{version}_{features}"
+    digest = hashlib.sha1(((_cpu_features() or "") + " ".join(_compiler_flags())).encode())
+    for path in sorted(SOURCES[0].parent.iterdir()):
+        digest.update(path.read_bytes())
+    return f"lightning_snn_cpu_kernels_torch{version}_{digest.hexdigest()[:10]}"
 
 
 def load() -> Optional[ModuleType]:

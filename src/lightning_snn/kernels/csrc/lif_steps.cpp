@@ -14,7 +14,10 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "kernels.h"
+
 #include <algorithm>
+#include <initializer_list>
 #include <cstdint>
 #include <optional>
 
@@ -255,61 +258,94 @@ void check_contiguous(const torch::Tensor& x, at::IntArrayRef shape, at::ScalarT
 // (batch, time, neurons); mem_sequence, syn_sequence and not_clamped are (time, batch, neurons), and
 // mem_sequence[0] (and syn_sequence[0]) already hold the initial state. final_syn contains the initial
 // current on entry when there is no syn_sequence.
+// Checks shared by the whole-sequence forward functions: drive and spikes are (batch, time, neurons),
+// the saved sequences (time, batch, neurons), and each state in `states` one contiguous (batch, neurons).
+void check_forward_buffers(const torch::Tensor& drive, const torch::Tensor& spikes, const torch::Tensor& mem_sequence,
+                           const std::optional<torch::Tensor>& syn_sequence,
+                           const std::optional<torch::Tensor>& not_clamped, const std::optional<double>& clamp,
+                           std::initializer_list<const torch::Tensor*> states) {
+  const auto dtype = drive.scalar_type();
+  check_contiguous(drive, drive.sizes(), dtype, "drive");
+  check_contiguous(spikes, drive.sizes(), dtype, "spikes");
+  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
+  TORCH_CHECK(mem_sequence.numel() == drive.numel(), "mem_sequence must contain one state per step");
+  if (syn_sequence) check_contiguous(*syn_sequence, mem_sequence.sizes(), dtype, "syn_sequence");
+  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
+  TORCH_CHECK(clamp.has_value() == not_clamped.has_value(), "give clamp_max and not_clamped together");
+  const int64_t rows = drive.numel() / std::max<int64_t>(1, drive.size(1));
+  for (const torch::Tensor* state : states) {
+    TORCH_CHECK(state->is_contiguous() && state->numel() == rows && state->scalar_type() == dtype,
+                "the pending drive and the final states must be contiguous (batch, neurons) tensors");
+  }
+}
+
+// The buffers of a whole-sequence forward pass, and one step of one batch row on them.
+template <typename scalar_t>
+struct ForwardSequence {
+  int64_t batch, steps, length;
+  const scalar_t *lambda_mem, *leak, *lambda_syn;
+  scalar_t threshold, clamp_max;
+  scalar_t *spikes, *mem_sequence, *syn_sequence, *not_clamped, *final_mem, *final_syn;
+
+  ForwardSequence(const torch::Tensor& drive, const torch::Tensor& decay_mem, const torch::Tensor& one_minus_decay_mem,
+                  const torch::Tensor& decay_syn, double threshold_value, const std::optional<double>& clamp,
+                  torch::Tensor& spikes_out, torch::Tensor& mem_sequence_out,
+                  const std::optional<torch::Tensor>& syn_sequence_out,
+                  const std::optional<torch::Tensor>& not_clamped_out, torch::Tensor& final_mem_out,
+                  torch::Tensor& final_syn_out)
+      : batch(drive.size(0)),
+        steps(drive.size(1)),
+        length(drive.numel() / std::max<int64_t>(1, drive.size(0) * drive.size(1))),
+        lambda_mem(per_neuron<scalar_t>(decay_mem, length, "decay_mem")),
+        leak(per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem")),
+        lambda_syn(per_neuron<scalar_t>(decay_syn, length, "decay_syn")),
+        threshold(static_cast<scalar_t>(threshold_value)),
+        clamp_max(static_cast<scalar_t>(clamp.value_or(0.0))),
+        spikes(spikes_out.data_ptr<scalar_t>()),
+        mem_sequence(mem_sequence_out.data_ptr<scalar_t>()),
+        syn_sequence(data_or_null<scalar_t>(syn_sequence_out)),
+        not_clamped(data_or_null<scalar_t>(not_clamped_out)),
+        final_mem(final_mem_out.data_ptr<scalar_t>()),
+        final_syn(final_syn_out.data_ptr<scalar_t>()) {}
+
+  // Runs step t of batch row b with the pending drive p and returns the row's spikes of that step.
+  // Without a current sequence, final_syn is the running current of the row.
+  scalar_t* step(int64_t t, int64_t b, const scalar_t* p) const {
+    const bool last = t == steps - 1;
+    const int64_t row = (t * batch + b) * length, next_row = ((t + 1) * batch + b) * length;
+    const scalar_t* u = mem_sequence + row;
+    scalar_t* u_out = last ? final_mem + b * length : mem_sequence + next_row;
+    const scalar_t* i = syn_sequence != nullptr ? syn_sequence + row : final_syn + b * length;
+    scalar_t* i_out = (syn_sequence != nullptr && !last) ? syn_sequence + next_row : final_syn + b * length;
+    scalar_t* s_out = spikes + (b * steps + t) * length;
+    if (not_clamped != nullptr) {
+      forward_row<scalar_t, true>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out, i_out,
+                                  not_clamped + row, length);
+    } else {
+      forward_row<scalar_t, false>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out, i_out,
+                                   nullptr, length);
+    }
+    return s_out;
+  }
+};
+
 void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, const torch::Tensor& decay_mem,
                       const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn, double threshold_value,
                       std::optional<double> clamp, torch::Tensor spikes, torch::Tensor mem_sequence,
                       std::optional<torch::Tensor> syn_sequence, std::optional<torch::Tensor> not_clamped,
                       torch::Tensor final_mem, torch::Tensor final_syn) {
-  const int64_t batch = drive.size(0), steps = drive.size(1), length = drive.numel() / std::max<int64_t>(1, batch * steps);
-  const auto dtype = drive.scalar_type();
-  check_contiguous(drive, drive.sizes(), dtype, "drive");
-  check_contiguous(spikes, drive.sizes(), dtype, "spikes");
-  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
-  TORCH_CHECK(mem_sequence.numel() == drive.numel(), "mem_sequence must hold one state per step");
-  if (syn_sequence) check_contiguous(*syn_sequence, mem_sequence.sizes(), dtype, "syn_sequence");
-  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
-  TORCH_CHECK(clamp.has_value() == not_clamped.has_value(), "give clamp_max and not_clamped together");
-  for (const torch::Tensor* state : {&pending, static_cast<const torch::Tensor*>(&final_mem),
-                                     static_cast<const torch::Tensor*>(&final_syn)}) {
-    TORCH_CHECK(state->is_contiguous() && state->numel() == batch * length && state->scalar_type() == dtype,
-                "pending, final_mem and final_syn must be contiguous (batch, neurons) states");
-  }
-
-  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_forward_sequence", [&] {
-    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
-    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
-    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
-    const scalar_t threshold = static_cast<scalar_t>(threshold_value);
-    const scalar_t clamp_max = static_cast<scalar_t>(clamp.value_or(0.0));
+  check_forward_buffers(drive, spikes, mem_sequence, syn_sequence, not_clamped, clamp,
+                        {&pending, &final_mem, &final_syn});
+  AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "lif_forward_sequence", [&] {
+    const ForwardSequence<scalar_t> run(drive, decay_mem, one_minus_decay_mem, decay_syn, threshold_value, clamp,
+                                        spikes, mem_sequence, syn_sequence, not_clamped, final_mem, final_syn);
     const scalar_t* x = drive.data_ptr<scalar_t>();
     const scalar_t* p0 = pending.data_ptr<scalar_t>();
-    scalar_t* s = spikes.data_ptr<scalar_t>();
-    scalar_t* u_seq = mem_sequence.data_ptr<scalar_t>();
-    scalar_t* i_seq = data_or_null<scalar_t>(syn_sequence);
-    scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
-    scalar_t* u_last = final_mem.data_ptr<scalar_t>();
-    scalar_t* i_last = final_syn.data_ptr<scalar_t>();
-
-    at::parallel_for(0, batch, std::max<int64_t>(1, grain_rows({batch, length * steps})), [&](int64_t first, int64_t last) {
+    at::parallel_for(0, run.batch, grain_rows({run.batch, run.length * run.steps}), [&](int64_t first, int64_t last) {
       for (int64_t b = first; b < last; ++b) {
-        for (int64_t t = 0; t < steps; ++t) {
-          const bool final_step = t == steps - 1;
-          const scalar_t* u = u_seq + (t * batch + b) * length;
-          scalar_t* u_out = final_step ? u_last + b * length : u_seq + ((t + 1) * batch + b) * length;
-          // Without a current sequence, final_syn is the running current of this row.
-          const scalar_t* i = i_seq != nullptr ? i_seq + (t * batch + b) * length : i_last + b * length;
-          scalar_t* i_out = (i_seq != nullptr && !final_step) ? i_seq + ((t + 1) * batch + b) * length
-                                                              : i_last + b * length;
+        for (int64_t t = 0; t < run.steps; ++t) {
           // The drive of step t - 1 arrives at step t.
-          const scalar_t* p = t == 0 ? p0 + b * length : x + (b * steps + t - 1) * length;
-          scalar_t* s_out = s + (b * steps + t) * length;
-          if (nc_seq != nullptr) {
-            forward_row<scalar_t, true>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out,
-                                        i_out, nc_seq + (t * batch + b) * length, length);
-          } else {
-            forward_row<scalar_t, false>(u, i, p, lambda_mem, leak, lambda_syn, threshold, clamp_max, s_out, u_out,
-                                         i_out, nullptr, length);
-          }
+          run.step(t, b, t == 0 ? p0 + b * run.length : x + (b * run.steps + t - 1) * run.length);
         }
       }
     });
@@ -515,62 +551,30 @@ void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pendin
                                 std::optional<torch::Tensor> not_clamped, torch::Tensor final_mem,
                                 torch::Tensor final_syn, const torch::Tensor& weight_t,
                                 std::optional<torch::Tensor> mask, double event_density) {
-  const int64_t batch = drive.size(0), steps = drive.size(1), length = drive.numel() / std::max<int64_t>(1, batch * steps);
-  const auto dtype = drive.scalar_type();
-  check_contiguous(drive, drive.sizes(), dtype, "drive");
-  check_contiguous(spikes, drive.sizes(), dtype, "spikes");
-  check_contiguous(mem_sequence, mem_sequence.sizes(), dtype, "mem_sequence");
-  if (syn_sequence) check_contiguous(*syn_sequence, mem_sequence.sizes(), dtype, "syn_sequence");
-  if (not_clamped) check_contiguous(*not_clamped, mem_sequence.sizes(), dtype, "not_clamped");
-  if (mask) check_contiguous(*mask, drive.sizes(), dtype, "mask");
-  TORCH_CHECK(clamp.has_value() == not_clamped.has_value(), "give clamp_max and not_clamped together");
-  check_contiguous(weight_t, {length, length}, dtype, "weight_t");
-  for (const torch::Tensor* state : {static_cast<const torch::Tensor*>(&pending_work),
-                                     static_cast<const torch::Tensor*>(&final_mem),
-                                     static_cast<const torch::Tensor*>(&final_syn)}) {
-    TORCH_CHECK(state->is_contiguous() && state->numel() == batch * length && state->scalar_type() == dtype,
-                "pending_work, final_mem and final_syn must be contiguous (batch, neurons) states");
-  }
+  check_forward_buffers(drive, spikes, mem_sequence, syn_sequence, not_clamped, clamp,
+                        {&pending_work, &final_mem, &final_syn});
+  const int64_t batch = drive.size(0), steps = drive.size(1);
+  const int64_t length = drive.numel() / std::max<int64_t>(1, batch * steps);
+  if (mask) check_contiguous(*mask, drive.sizes(), drive.scalar_type(), "mask");
+  check_contiguous(weight_t, {length, length}, drive.scalar_type(), "weight_t");
 
-  AT_DISPATCH_FLOATING_TYPES(dtype, "lif_forward_sequence_recurrent", [&] {
-    const scalar_t* lambda_mem = per_neuron<scalar_t>(decay_mem, length, "decay_mem");
-    const scalar_t* leak = per_neuron<scalar_t>(one_minus_decay_mem, length, "one_minus_decay_mem");
-    const scalar_t* lambda_syn = per_neuron<scalar_t>(decay_syn, length, "decay_syn");
-    const scalar_t threshold = static_cast<scalar_t>(threshold_value);
-    const scalar_t clamp_max = static_cast<scalar_t>(clamp.value_or(0.0));
+  AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "lif_forward_sequence_recurrent", [&] {
+    const ForwardSequence<scalar_t> run(drive, decay_mem, one_minus_decay_mem, decay_syn, threshold_value, clamp,
+                                        spikes, mem_sequence, syn_sequence, not_clamped, final_mem, final_syn);
     const scalar_t* x = drive.data_ptr<scalar_t>();
     const scalar_t* w = weight_t.data_ptr<scalar_t>();
     const scalar_t* m = data_or_null<scalar_t>(mask);
     scalar_t* p = pending_work.data_ptr<scalar_t>();
-    scalar_t* s = spikes.data_ptr<scalar_t>();
-    scalar_t* u_seq = mem_sequence.data_ptr<scalar_t>();
-    scalar_t* i_seq = data_or_null<scalar_t>(syn_sequence);
-    scalar_t* nc_seq = data_or_null<scalar_t>(not_clamped);
-    scalar_t* u_last = final_mem.data_ptr<scalar_t>();
-    scalar_t* i_last = final_syn.data_ptr<scalar_t>();
     auto transmitted = torch::empty({batch, length}, drive.options());
     auto projection = torch::empty({batch, length}, drive.options());
     scalar_t* tr = transmitted.data_ptr<scalar_t>();
     scalar_t* proj = projection.data_ptr<scalar_t>();
 
     for (int64_t t = 0; t < steps; ++t) {
-      const bool final_step = t == steps - 1;
       // The neuron update of every row, then the transmitted spikes of this step.
       int64_t events = 0;
       for (int64_t b = 0; b < batch; ++b) {
-        const scalar_t* u = u_seq + (t * batch + b) * length;
-        scalar_t* u_out = final_step ? u_last + b * length : u_seq + ((t + 1) * batch + b) * length;
-        const scalar_t* i = i_seq != nullptr ? i_seq + (t * batch + b) * length : i_last + b * length;
-        scalar_t* i_out = (i_seq != nullptr && !final_step) ? i_seq + ((t + 1) * batch + b) * length
-                                                            : i_last + b * length;
-        scalar_t* s_out = s + (b * steps + t) * length;
-        if (nc_seq != nullptr) {
-          forward_row<scalar_t, true>(u, i, p + b * length, lambda_mem, leak, lambda_syn, threshold, clamp_max,
-                                      s_out, u_out, i_out, nc_seq + (t * batch + b) * length, length);
-        } else {
-          forward_row<scalar_t, false>(u, i, p + b * length, lambda_mem, leak, lambda_syn, threshold, clamp_max,
-                                       s_out, u_out, i_out, nullptr, length);
-        }
+        const scalar_t* s_out = run.step(t, b, p + b * length);
         scalar_t* tr_row = tr + b * length;
         const scalar_t* m_row = m != nullptr ? m + (b * steps + t) * length : nullptr;
         for (int64_t n = 0; n < length; ++n) {

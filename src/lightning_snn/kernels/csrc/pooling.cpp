@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "kernels.h"
+
 #include <cstdint>
 #include <vector>
 

@@ -1,0 +1,53 @@
+// Declarations of the CPU kernels that bindings.cpp exposes to Python; each source file includes it,
+// so a signature cannot differ between its definition and its binding.
+
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+namespace lightning_snn {
+
+void forward_step(const torch::Tensor& mem, const torch::Tensor& syn, const torch::Tensor& pending,
+                  const torch::Tensor& decay_mem, const torch::Tensor& one_minus_decay_mem,
+                  const torch::Tensor& decay_syn, double threshold, std::optional<double> clamp_max,
+                  torch::Tensor spikes, torch::Tensor new_mem, torch::Tensor new_syn,
+                  std::optional<torch::Tensor> not_clamped);
+void backward_step(const torch::Tensor& adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
+                   std::optional<torch::Tensor> spike_grad, std::optional<torch::Tensor> pseudo_derivative,
+                   const torch::Tensor& adjoint_syn_next, const torch::Tensor& decay_mem,
+                   const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                   torch::Tensor new_adjoint_mem, torch::Tensor adjoint_syn,
+                   std::optional<torch::Tensor> grad_membrane_input);
+void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, const torch::Tensor& decay_mem,
+                      const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn, double threshold_value,
+                      std::optional<double> clamp, torch::Tensor spikes, torch::Tensor mem_sequence,
+                      std::optional<torch::Tensor> syn_sequence, std::optional<torch::Tensor> not_clamped,
+                      torch::Tensor final_mem, torch::Tensor final_syn);
+void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
+                    torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
+                    const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                    std::optional<torch::Tensor> grad_membrane_input);
+void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor& mem_sequence,
+                                  const torch::Tensor& grad_spikes, std::optional<torch::Tensor> not_clamped,
+                                  torch::Tensor grad_drive, torch::Tensor edge, const torch::Tensor& decay_mem,
+                                  const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                                  double threshold_value, double beta_value, double scale_value,
+                                  std::optional<torch::Tensor> grad_membrane_input,
+                                  std::optional<torch::Tensor> weight, std::optional<torch::Tensor> mask);
+void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pending_work, const torch::Tensor& decay_mem,
+                                const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
+                                double threshold_value, std::optional<double> clamp, torch::Tensor spikes,
+                                torch::Tensor mem_sequence, std::optional<torch::Tensor> syn_sequence,
+                                std::optional<torch::Tensor> not_clamped, torch::Tensor final_mem,
+                                torch::Tensor final_syn, const torch::Tensor& weight_t,
+                                std::optional<torch::Tensor> mask, double event_density);
+std::vector<torch::Tensor> max_pool2d_forward(const torch::Tensor& input, int64_t kernel_h, int64_t kernel_w,
+                                              int64_t stride_h, int64_t stride_w);
+torch::Tensor max_pool2d_backward(const torch::Tensor& grad_output, const torch::Tensor& argmax, int64_t height,
+                                  int64_t width, int64_t kernel_w, int64_t stride_h, int64_t stride_w);
+std::vector<torch::Tensor> find_events(const torch::Tensor& x);
+
+}  // namespace lightning_snn
