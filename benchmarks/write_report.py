@@ -22,6 +22,7 @@ LIBRARY_NOTES = {
     "norse": "Norse `LIF` / `LIFRecurrent` / `LI` in `SequentialState`, eager",
     "norse_compile": "the Norse model with its forward wrapped in `torch.compile`",
 }
+PEERS = ("snntorch", "spikingjelly", "norse", "norse_compile")
 PEER_GAPS = (
     "Features a peer lacks are written in plain PyTorch around the peer's own neuron: recurrent 1-D "
     "convolutions (snnTorch, SpikingJelly, Norse), a leaky readout (SpikingJelly), and folding time into "
@@ -95,6 +96,16 @@ def verdicts(report: dict) -> list[str]:
         speedup = 1 / ratio
         target = "meets" if speedup >= 2 else "misses"
         lines.append(f"- `{name}`: {speedup:.2f}× the speed of the fastest peer, which {target} the 2× target.")
+    memory = report["networks"].get("ff3_T350", {})
+    peers = [entry["peak_mb_median"] for library, entry in memory.items()
+             if library in PEERS and "peak_mb_median" in entry]
+    if "peak_mb_median" in memory.get("lightning_snn", {}) and peers:
+        ours, lowest = memory["lightning_snn"]["peak_mb_median"], min(peers)
+        target = "meets" if ours <= lowest / 2 else "misses"
+        lines.append(
+            f"- Peak memory at T = 350: {ours:.0f} MB against {lowest:.0f} MB for the lowest peer "
+            f"({ours / lowest:.2f} of it), which {target} the target of at most half."
+        )
     return lines
 
 
