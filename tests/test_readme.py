@@ -1,4 +1,4 @@
-"""The Python example in the README runs as written."""
+"""The Python examples in the README run as written, one after the other."""
 
 import pathlib
 import re
@@ -17,6 +17,18 @@ def test_readme_example_runs():
     # Fluctuation-driven initialization puts the hidden layer in a working regime.
     rate_hz = float(out.spikes["layer1"].mean()) / 2e-3
     assert 1.0 < rate_hz < 100.0
+
+
+def test_readme_training_step_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2, "the README has no training-step example"
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    weights_before = [p.detach().clone() for p in namespace["network"].parameters()]
+    exec(compile(blocks[1], str(README), "exec"), namespace)
+    assert bool(namespace["loss"].isfinite())
+    changed = [not bool((p.detach() == before).all()) for p, before in zip(namespace["network"].parameters(), weights_before)]
+    assert any(changed), "the optimizer step changed no weight"
 
 
 def test_readme_commands_install_then_run():

@@ -6,16 +6,17 @@ arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one
 entries of sparse inputs for the event-driven projections.
 
 The sources are compiled with :func:`torch.utils.cpp_extension.load` into torch's extension cache
-(``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` names another folder). This takes about 30
-seconds, once per machine and torch version. When no C++ compiler is available, or the environment
-variable ``LIGHTNING_SNN_NO_CPP=1`` is set, the kernels run the same steps with torch ops, which gives
-the same results more slowly.
+(``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` names another folder). This takes one to
+two minutes on two cores, once per machine, torch version and kernel version. When no C++ compiler is
+available, or the environment variable ``LIGHTNING_SNN_NO_CPP=1`` is set, the kernels run the same
+steps with torch ops, which gives the same results more slowly.
 """
 
 import hashlib
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -78,17 +79,21 @@ def load() -> Optional[ModuleType]:
 
     name = _extension_name()
     build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    if not (build_directory / f"{name}.so").exists():
+    compiling = not (build_directory / f"{name}.so").exists()
+    if compiling:
         print(
-            f"lightning_snn: compiling the C++ CPU kernels into {build_directory} "
-            "(about a minute, once per machine)",
+            f"lightning_snn: compiling the C++ CPU kernels into {build_directory} (one to two minutes, "
+            "once per machine and kernel version; TORCH_EXTENSIONS_DIR sets the cache folder)",
             file=sys.stderr,
             flush=True,
         )
+    started = time.perf_counter()
     try:
         _module = cpp_extension.load(
             name=name, sources=[str(source) for source in SOURCES], extra_cflags=_compiler_flags(), verbose=False
         )
+        if compiling:
+            print(f"lightning_snn: compiled the C++ CPU kernels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     except Exception as error:  # noqa: BLE001 - any build failure means "use the torch ops"
         warnings.warn(
             f"Could not compile the C++ CPU kernels ({type(error).__name__}: {error}). The sequence "

@@ -1,5 +1,5 @@
-// Declarations of the CPU kernels that bindings.cpp exposes to Python; each source file includes it,
-// so a signature cannot differ between its definition and its binding.
+// Declarations of the CPU kernels that bindings.cpp exposes to Python. Each source file includes this
+// header, so a signature cannot differ between its definition and its binding.
 
 #pragma once
 
