@@ -128,3 +128,32 @@ def test_find_events_binary_needs_no_scales():
 
     events = find_events(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     assert events.scales is None
+
+
+def test_load_falls_back_to_portable_flags(monkeypatch):
+    # A compiler that rejects -march=native must still get a portable build instead of torch ops.
+    attempts = []
+
+    def build(flags):
+        attempts.append(flags)
+        if cpu_extension.NATIVE_FLAGS[0] in flags:
+            raise RuntimeError("unsupported option")
+        return "portable build"
+
+    monkeypatch.setattr(cpu_extension, "_tried", False)
+    monkeypatch.setattr(cpu_extension, "_module", None)
+    monkeypatch.setattr(cpu_extension, "_cpu_features", lambda: "sse2 avx2")
+    monkeypatch.setattr(cpu_extension, "_build", build)
+    assert cpu_extension.load() == "portable build"
+    assert attempts == [cpu_extension.COMPILER_FLAGS + cpu_extension.NATIVE_FLAGS, cpu_extension.COMPILER_FLAGS]
+
+
+def test_load_warns_when_no_build_works(monkeypatch):
+    def build(flags):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpu_extension, "_tried", False)
+    monkeypatch.setattr(cpu_extension, "_module", None)
+    monkeypatch.setattr(cpu_extension, "_build", build)
+    with pytest.warns(RuntimeWarning, match="fall back to torch ops"):
+        assert cpu_extension.load() is None

@@ -51,19 +51,52 @@ def _cpu_features() -> Optional[str]:
     return None
 
 
-def _compiler_flags() -> list[str]:
-    return COMPILER_FLAGS + (NATIVE_FLAGS if _cpu_features() is not None else [])
+def _flag_sets() -> list[list[str]]:
+    """Return the compiler flags to try in order: native instructions first where the CPU is known."""
+    if _cpu_features() is None:
+        return [COMPILER_FLAGS]
+    return [COMPILER_FLAGS + NATIVE_FLAGS, COMPILER_FLAGS]
 
 
-def _extension_name() -> str:
+def _extension_name(flags: list[str]) -> str:
     # One build per torch version (an extension built against another torch may not load), per CPU
-    # feature set (native instructions) and per content of the sources and the header, which torch's
-    # own change check does not cover.
+    # feature set and flags (native instructions) and per content of the sources and the header,
+    # which torch's own change check does not cover.
     version = re.sub(r"\W", "_", torch.__version__)
-    digest = hashlib.sha1(((_cpu_features() or "") + " ".join(_compiler_flags())).encode())
+    digest = hashlib.sha1(((_cpu_features() or "") + " ".join(flags)).encode())
     for path in sorted(SOURCES[0].parent.iterdir()):
         digest.update(path.read_bytes())
     return f"lightning_snn_cpu_kernels_torch{version}_{digest.hexdigest()[:10]}"
+
+
+def _build_directory(name: str) -> Path:
+    from torch.utils import cpp_extension
+
+    try:
+        return Path(cpp_extension._get_build_directory(name, verbose=False))
+    except AttributeError:  # a torch without the private helper: its documented default
+        return Path(cpp_extension.get_default_build_root()) / name
+
+
+def _build(flags: list[str]) -> ModuleType:
+    """Compile (or load the cached build of) the kernels with ``flags``, reporting a fresh build."""
+    from torch.utils import cpp_extension
+
+    name = _extension_name(flags)
+    build_directory = _build_directory(name)
+    compiling = not (build_directory / f"{name}.so").exists()
+    if compiling:
+        print(
+            f"lightning_snn: compiling the C++ CPU kernels into {build_directory} (one to two minutes, "
+            "once per machine and kernel version; TORCH_EXTENSIONS_DIR sets the cache folder)",
+            file=sys.stderr,
+            flush=True,
+        )
+    started = time.perf_counter()
+    module = cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags)
+    if compiling:
+        print(f"lightning_snn: compiled the C++ CPU kernels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return module
 
 
 def load() -> Optional[ModuleType]:
@@ -75,36 +108,21 @@ def load() -> Optional[ModuleType]:
     if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
         return None
 
-    from torch.utils import cpp_extension
-
-    name = _extension_name()
-    build_directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    compiling = not (build_directory / f"{name}.so").exists()
-    if compiling:
-        print(
-            f"lightning_snn: compiling the C++ CPU kernels into {build_directory} (one to two minutes, "
-            "once per machine and kernel version; TORCH_EXTENSIONS_DIR sets the cache folder)",
-            file=sys.stderr,
-            flush=True,
-        )
-    started = time.perf_counter()
-    try:
-        _module = cpp_extension.load(
-            name=name, sources=[str(source) for source in SOURCES], extra_cflags=_compiler_flags(), verbose=False
-        )
-        if compiling:
-            print(f"lightning_snn: compiled the C++ CPU kernels in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    except Exception as error:  # noqa: BLE001 - any build failure means "use the torch ops"
-        warnings.warn(
-            f"Could not compile the C++ CPU kernels ({type(error).__name__}: {error}). The sequence "
-            f"kernels fall back to torch ops, which give the same results more slowly. Install "
-            f"a C++ compiler (g++ or clang++) to enable them, or set {DISABLE_VARIABLE}=1 to skip "
-            "this attempt.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        _module = None
-    return _module
+    errors = []
+    for flags in _flag_sets():
+        try:
+            _module = _build(flags)
+            return _module
+        except Exception as error:  # noqa: BLE001 - any build failure means "try the next flags"
+            errors.append(f"{' '.join(flags)}: {type(error).__name__}: {error}")
+    warnings.warn(
+        f"Could not compile the C++ CPU kernels ({'; '.join(errors)}). The sequence kernels fall back to "
+        f"torch ops, which give the same results more slowly. Install a C++ compiler (g++ or clang++) to "
+        f"enable them, or set {DISABLE_VARIABLE}=1 to skip this attempt.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None
 
 
 def available_for(tensor: torch.Tensor) -> Optional[ModuleType]:
