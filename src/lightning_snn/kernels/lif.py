@@ -24,6 +24,12 @@ operations as the step function, so spikes and states equal those of the plain l
 The one exception is a dense recurrence fed with sparse spikes, which sums the recurrent drive event
 by event (see :mod:`.recurrence`) in another order than a matmul. Gradients equal autograd's up to
 float rounding.
+
+On the CPU the elementwise work runs in the compiled kernels of :mod:`.cpu_extension`: the whole
+forward pass in one call without recurrence or with a dense one, and the backward pass in one call
+for the SuperSpike surrogates. Everything else (convolutional recurrences, other surrogates, a
+differentiable reset) loops over time in Python with one fused call per step. Without the compiled
+kernels the same steps run as torch ops.
 """
 
 from typing import NamedTuple, Optional, Union
