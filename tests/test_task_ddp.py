@@ -65,8 +65,8 @@ def test_ddp_ranks_start_from_rank_zero_weights(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    # Both ranks write to one pipe, so their lines can run together; the pattern finds each report
-    # wherever it stands.
+    # Both ranks write to one pipe, so their lines can run together. The pattern finds each report
+    # anywhere in the output.
     sums = {}
     for rank, value in re.findall(r"rank (\d+) weight sum (-?\d+\.\d{6})", result.stdout):
         sums[int(rank)] = value

@@ -218,7 +218,7 @@ def _forward_loop(
 class _CurrentAdjointSlots:
     """Slots ``0 .. T + 1`` of the current's adjoint, laid out so that the drive gradient is batch-major.
 
-    Slot ``s >= 2`` is ``grad_drive[:, s - 2]`` (``dL/dX_{s-2} = dL/dI_s``); slots 0 and 1 are
+    Slot ``s >= 2`` is ``grad_drive[:, s - 2]`` (``dL/dX_{s-2} = dL/dI_s``). Slots 0 and 1 are
     ``edge[0]`` (``dL/dI_0``) and ``edge[1]`` (``dL/dP_0``).
     """
 

@@ -353,8 +353,8 @@ void forward_sequence(const torch::Tensor& drive, const torch::Tensor& pending, 
 }
 
 // Several steps of the adjoint recurrence of a population without recurrence, from the last step of
-// a chunk back to its first. keep, direct and grad_membrane_input are (steps, batch, neurons);
-// adjoint_syn is (steps + 1, batch, neurons) and contains dL/dI after the chunk in its last slot on entry.
+// a chunk back to its first. keep, direct and grad_membrane_input are (steps, batch, neurons). adjoint_syn
+// is (steps + 1, batch, neurons), and its last slot contains dL/dI after the chunk on entry.
 void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const torch::Tensor& direct,
                     torch::Tensor adjoint_syn, const torch::Tensor& decay_mem,
                     const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
