@@ -2,8 +2,9 @@
 
 ``lif_steps.cpp`` fuses the elementwise work of LIF time steps: the sequence kernel calls one function
 per step (or per sequence) instead of about ten torch ops, whose dispatch costs more than the
-arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one-byte window index, and ``events.cpp`` lists the nonzero
-entries of sparse inputs for the event-driven projections.
+arithmetic on small populations. ``pooling.cpp`` max-pools spike maps with a one-byte window index,
+``events.cpp`` lists the nonzero entries of sparse inputs for the event-driven projections, and
+``convolution.cpp`` convolves sparse spike maps event by event.
 
 The sources are compiled with :func:`torch.utils.cpp_extension.load` into torch's extension cache
 (``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` names another folder). This takes one to
@@ -26,7 +27,7 @@ import torch
 
 #: Setting this environment variable to 1 keeps the kernels on torch ops.
 DISABLE_VARIABLE = "LIGHTNING_SNN_NO_CPP"
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lif_steps.cpp", "pooling.cpp", "events.cpp", "bindings.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lif_steps.cpp", "pooling.cpp", "events.cpp", "convolution.cpp", "bindings.cpp")]
 # -ffp-contract=off forbids fused multiply-adds, which would round differently from the torch ops of
 # the plain loop and could flip a spike at the threshold.
 COMPILER_FLAGS = ["-O3", "-ffp-contract=off"]

@@ -21,15 +21,14 @@ pass is the adjoint recurrence, run backwards in time::
 with ``g_t = dL/dU_{t+1} * (1 - S_t) * [not clamped]``; a differentiable reset adds
 ``-dL/dU_{t+1} * [not clamped] * V_t`` to ``dL/dS_t``. Each step applies the same elementary float
 operations as the step function, so spikes and states equal those of the plain loop bit for bit.
-The one exception is a dense recurrence fed with sparse spikes, which sums the recurrent drive event
-by event (see :mod:`.recurrence`) in another order than a matmul. Gradients equal autograd's up to
+The one exception is a recurrence fed with sparse spikes, which sums the recurrent drive event by
+event (see :mod:`.recurrence`) in another order than a matmul or a convolution. Gradients equal autograd's up to
 float rounding.
 
 On the CPU the elementwise work runs in the compiled kernels of :mod:`.cpu_extension`: the whole
-forward pass in one call without recurrence or with a dense one, and the backward pass in one call
-for the SuperSpike surrogates. Everything else (convolutional recurrences, other surrogates, a
-differentiable reset) loops over time in Python with one fused call per step. Without the compiled
-kernels the same steps run as torch ops.
+forward pass in one call, recurrence included, and the backward pass in one call for the SuperSpike
+surrogates. Other surrogates and a differentiable reset loop over time in Python with one fused call
+per step. Without the compiled kernels the same steps run as torch ops.
 """
 
 from typing import NamedTuple, Optional, Union
@@ -266,8 +265,8 @@ class _LIFSequence(torch.autograd.Function):
         else:
             syn = syn.contiguous()
         steps = cpu_extension.available_for(drive)
-        if steps is not None and recurrence is not None and recurrence.kind == "dense":
-            # The whole loop, dense recurrence included, runs in C++; sparse steps project by events.
+        if steps is not None and recurrence is not None:
+            # The whole loop, recurrence included, runs in C++; sparse steps project by events.
             final_mem = torch.empty_like(mem)
             final_syn = syn.clone()
             pending_work = pending.clone()
@@ -276,8 +275,8 @@ class _LIFSequence(torch.autograd.Function):
                 drive, pending_work, _per_neuron(decay_mem, mem.shape[1:]),
                 _per_neuron(one_minus_decay_mem, mem.shape[1:]), _per_neuron(decay_syn, mem.shape[1:]),
                 options.threshold, options.clamp_max, spikes, mem_sequence, syn_sequence, not_clamped,
-                final_mem, final_syn, weight.detach().t().contiguous(),
-                None if mask is None else mask.contiguous(), event_density,
+                final_mem, final_syn, recurrence.forward_weight(weight),
+                None if mask is None else mask.contiguous(), event_density, list(recurrence.padding),
             )
             mem, syn, pending = final_mem, final_syn, pending_work
         elif steps is not None and recurrence is None:
@@ -325,7 +324,6 @@ class _LIFSequence(torch.autograd.Function):
         superspike_scale = _superspike_scale(surrogate)
         if (
             steps is not None
-            and (recurrence is None or recurrence.kind == "dense")
             and not options.diff_reset
             and superspike_scale is not None
             and grad_spikes.is_contiguous()
@@ -343,7 +341,7 @@ class _LIFSequence(torch.autograd.Function):
                 _per_neuron(decay_mem, shape), _per_neuron(one_minus_decay_mem, shape),
                 _per_neuron(decay_syn, shape), options.threshold, surrogate.beta, superspike_scale,
                 grad_membrane_input, None if recurrence is None else weight.detach().contiguous(),
-                None if mask is None else mask.contiguous(),
+                None if mask is None else mask.contiguous(), [] if recurrence is None else list(recurrence.padding),
             )
             grad_weight = None
             if recurrence is not None and weight.requires_grad:

@@ -5,10 +5,12 @@ to the drive of the next step, its transpose for the backward pass through time,
 gradient over the whole sequence. The weight gradient is one matmul or one convolution
 over all time steps, computed after the backward loop.
 
-Dense recurrences on the CPU use the event-driven path of :mod:`.events` when the spikes are sparse.
-The forward map then adds one weight column per spike of the step, and the weight gradient adds one
-gradient row per spike of the sequence. Both sum in another order than a matmul, so results agree with
-the dense path up to float rounding.
+Recurrences on the CPU use event-driven paths when the spikes are sparse. A dense forward map then adds
+one weight column per spike of the step, and its weight gradient adds one gradient row per spike of the
+sequence (:mod:`.events`). A convolutional one adds the kernel taps that each spike reaches, in the
+compiled loop, and gets its weight gradient from the spikes of the sequence (:mod:`.convolution`). All
+of them sum in another order than a matmul or a convolution, so results agree with the dense path up
+to float rounding.
 """
 
 from typing import Callable, Literal, NamedTuple
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_snn.kernels import convolution
 from lightning_snn.kernels import events as event_kernels
 from lightning_snn.kernels.backend import kernels_enabled
 
@@ -24,6 +27,13 @@ from lightning_snn.kernels.backend import kernels_enabled
 #: One step of a batch of 64 x 256 recurrent neurons through a 256 x 256 weight took 90 us as a matmul
 #: (one thread, 2-core AVX-512 x86-64 VM). Event by event it took 40 / 51 / 59 us at 2 / 5 / 10 % density.
 STEP_EVENT_DENSITY_THRESHOLD = 0.1
+
+#: The same for a convolutional recurrence run by the compiled kernels. One step of a batch of 64 through
+#: a kernel of 5 took 199 us as a dense convolution and 178 / 306 us event by event at 10 / 20 % density
+#: for 16 channels x 68 positions. For 64 channels x 5 positions it took 171 us dense and 90 / 146 us by
+#: events (benchmarks/event_convolution.py, same machine). The threshold sits between the break-even
+#: densities.
+CONV_STEP_EVENT_DENSITY_THRESHOLD = 0.15
 
 RecurrenceKind = Literal["dense", "conv1d", "conv2d"]
 
@@ -67,8 +77,16 @@ class LinearRecurrence(NamedTuple):
         return project
 
     def step_event_density(self, weight: Tensor) -> float:
-        """Return the spike density up to which a step is projected event by event (0 for never)."""
+        """Return the spike density up to which the compiled kernels project a step event by event (0 for never)."""
+        if self.kind != "dense":
+            return CONV_STEP_EVENT_DENSITY_THRESHOLD if kernels_enabled() else 0.0
         return STEP_EVENT_DENSITY_THRESHOLD if self._events_allowed(weight) else 0.0
+
+    def forward_weight(self, weight: Tensor) -> Tensor:
+        """Return the weight in the layout of the compiled forward kernel: ``W^T`` for dense, else ``W``."""
+        if self.kind == "dense":
+            return weight.detach().t().contiguous()
+        return weight.detach().contiguous()
 
     def transpose(self, weight: Tensor, grad_drive: Tensor) -> Tensor:
         """Map a gradient w.r.t. the drive back to a gradient w.r.t. the transmitted spikes."""
@@ -91,9 +109,8 @@ class LinearRecurrence(NamedTuple):
                 events = event_kernels.find_events(rows)
                 return event_kernels.events_weight_gradient(events, grad_rows.contiguous())
             return grad_rows.t() @ rows
-        if self.kind == "conv1d":
-            return torch.nn.grad.conv1d_weight(spikes, weight.shape, grad_drive, 1, self.padding)
-        return torch.nn.grad.conv2d_weight(spikes, weight.shape, grad_drive, 1, self.padding)
+        stride = (1,) * len(self.padding)
+        return convolution.conv_weight_gradient(spikes, grad_drive, weight, stride, self.padding)
 
     def _events_allowed(self, weight: Tensor) -> bool:
         """Return True when this recurrence may take the event-driven path."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_snn.allocator import retaining_freed_memory
+from lightning_snn.kernels import convolution as event_convolution
 from lightning_snn.kernels import event_linear, prefers_events
 from lightning_snn.nn.constraints import WeightConstraint
 
@@ -267,6 +268,11 @@ class _ConvConnection(Connection):
         return computed
 
     def project(self, x: Tensor) -> Tensor:
+        # Sparse spike maps are convolved event by event when the compiled kernels can run them.
+        if event_convolution.events_allowed(x, self.op.weight, self.dilation, self.op.groups) and (
+            event_convolution.is_sparse(x)
+        ):
+            return event_convolution.event_conv(x, self.op.weight, self.op.bias, self.stride, self.padding)
         return self.op(x)
 
     def _project_frames(self, frames: Tensor) -> Tensor:

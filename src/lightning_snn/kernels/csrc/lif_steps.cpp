@@ -400,6 +400,94 @@ void backward_steps(torch::Tensor adjoint_mem, const torch::Tensor& keep, const 
   });
 }
 
+// The recurrent connection of a population: W s for one step's transmitted spikes s (batch, neurons)
+// in the forward pass, and W^T g for a drive gradient g in the backward pass. Dense when the padding
+// list is empty (the forward pass takes W^T, the backward pass W), else a stride-1 convolution with
+// that zero padding on populations of shape (channels, *spatial).
+struct RecurrentProjection {
+  torch::Tensor weight;
+  std::vector<int64_t> padding;
+  std::vector<int64_t> population;  // (batch, channels, *spatial) of one step
+  std::optional<SparseConvolution> events;  // convolutions only, as (1, batch, channels, height, width) samples
+
+  RecurrentProjection(const torch::Tensor& drive, const torch::Tensor& weight_in, std::vector<int64_t> conv_padding)
+      : weight(weight_in), padding(std::move(conv_padding)) {
+    const int64_t length = drive.numel() / std::max<int64_t>(1, drive.size(0) * drive.size(1));
+    TORCH_CHECK(weight.is_contiguous() && weight.scalar_type() == drive.scalar_type() && weight.device().is_cpu(),
+                "the recurrent weight must be a contiguous CPU tensor of the drive's dtype");
+    if (padding.empty()) {
+      TORCH_CHECK(weight.dim() == 2 && weight.size(0) == length && weight.size(1) == length,
+                  "a dense recurrent weight must be (neurons, neurons)");
+      return;
+    }
+    const int64_t dims = static_cast<int64_t>(padding.size());
+    TORCH_CHECK((dims == 1 || dims == 2) && drive.dim() == dims + 3 && weight.dim() == dims + 2,
+                "a convolutional recurrence needs a (batch, time, channels, *spatial) drive with 1 or 2 spatial "
+                "dimensions and a (channels, channels, *kernel) weight");
+    TORCH_CHECK(weight.size(0) == drive.size(2) && weight.size(1) == drive.size(2),
+                "the recurrent convolution must map the population's channels onto themselves");
+    for (int64_t d = 0; d < dims; ++d) {
+      TORCH_CHECK(2 * padding[d] == weight.size(2 + d) - 1,
+                  "the recurrent convolution must keep the spatial shape (odd kernel, padding (kernel - 1) / 2)");
+    }
+    population.push_back(drive.size(0));
+    for (int64_t d = 2; d < drive.dim(); ++d) population.push_back(drive.size(d));
+    // A 1-D population is a 2-D one of height 1.
+    const bool one_d = dims == 1;
+    events.emplace(one_d ? weight.unsqueeze(2) : weight, one_d ? 1 : drive.size(3), drive.size(drive.dim() - 1), 1, 1,
+                   one_d ? 0 : padding[0], padding.back());
+  }
+
+  // W s into `projection` (batch, neurons), or into a new tensor that is returned; event by event when
+  // `sparse`.
+  template <typename scalar_t>
+  const scalar_t* project(const torch::Tensor& transmitted, torch::Tensor& projection, bool sparse) const {
+    const int64_t batch = transmitted.size(0), length = transmitted.size(1);
+    if (padding.empty()) {
+      if (!sparse) {
+        at::mm_out(projection, transmitted, weight);
+        return projection.template data_ptr<scalar_t>();
+      }
+      projection.zero_();
+      const scalar_t* tr = transmitted.template data_ptr<scalar_t>();
+      const scalar_t* w = weight.template data_ptr<scalar_t>();
+      scalar_t* proj = projection.template data_ptr<scalar_t>();
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t* tr_row = tr + b * length;
+        scalar_t* out = proj + b * length;
+        for (int64_t k = 0; k < length; ++k) {
+          const scalar_t value = tr_row[k];
+          if (value == scalar_t(0)) continue;
+          const scalar_t* w_row = w + k * length;
+_Pragma("GCC ivdep")
+          for (int64_t n = 0; n < length; ++n) out[n] += value * w_row[n];
+        }
+      }
+      return proj;
+    }
+
+    const auto spikes = transmitted.view(population);
+    if (sparse) {
+      const auto samples = padding.size() == 1 ? spikes.unsqueeze(2).unsqueeze(0) : spikes.unsqueeze(0);
+      projection = events->forward(samples, std::nullopt);
+    } else {
+      projection = padding.size() == 1 ? at::conv1d(spikes, weight, {}, 1, padding)
+                                       : at::conv2d(spikes, weight, {}, 1, padding);
+      projection = projection.contiguous();
+    }
+    return projection.template data_ptr<scalar_t>();
+  }
+
+  // W^T g for a drive gradient g (batch, neurons) that may be strided across the batch.
+  torch::Tensor transpose(const torch::Tensor& grad) const {
+    if (padding.empty()) return at::mm(grad, weight);
+    const auto grad_maps = grad.reshape(population);
+    const auto result = padding.size() == 1 ? at::conv_transpose1d(grad_maps, weight, {}, 1, padding)
+                                            : at::conv_transpose2d(grad_maps, weight, {}, 1, padding);
+    return result.reshape({grad.size(0), grad.size(1)}).contiguous();
+  }
+};
+
 // One batch row of one step of backward_sequence_superspike, with the clip mask and the
 // membrane-input output as template flags so that the loop has no branch and vectorises.
 template <typename scalar_t, bool kClamp, bool kMembraneInput, bool kSpikeGrad>
@@ -447,8 +535,9 @@ void superspike_row_any(const scalar_t* u, const scalar_t* g_s, const scalar_t* 
 #undef LIGHTNING_SNN_ROW
 }
 
-// The whole backward pass of a population without recurrence whose surrogate derivative is
-// scale / (beta * |U - threshold| + 1)^2 (the SuperSpike family). It computes the surrogate
+// The whole backward pass of a population whose surrogate derivative is
+// scale / (beta * |U - threshold| + 1)^2 (the SuperSpike family), optionally with a recurrence (weight
+// and conv_padding as for RecurrentProjection; the backward pass takes W, not W^T). It computes the surrogate
 // derivative, the direct spike gradient and the reset mask on the fly, so that the membrane sequence
 // is read once. grad_spikes and grad_drive are (batch, time, neurons); mem_sequence, not_clamped and
 // grad_membrane_input are (time, batch, neurons). The adjoint of the current has time + 2 slots: slot
@@ -461,7 +550,8 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
                                   const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
                                   double threshold_value, double beta_value, double scale_value,
                                   std::optional<torch::Tensor> grad_membrane_input,
-                                  std::optional<torch::Tensor> weight, std::optional<torch::Tensor> mask) {
+                                  std::optional<torch::Tensor> weight, std::optional<torch::Tensor> mask,
+                                  std::vector<int64_t> conv_padding) {
   const int64_t steps = mem_sequence.size(0), batch = mem_sequence.size(1);
   const int64_t length = mem_sequence.numel() / std::max<int64_t>(1, steps * batch);
   const auto dtype = mem_sequence.scalar_type();
@@ -499,12 +589,13 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
     };
 
     if (weight) {
-      // With a dense recurrence, W^T dL/dP_{t+1} enters each step, so time is the outer loop.
+      // With a recurrence, W^T dL/dP_{t+1} enters each step, so time is the outer loop.
+      const RecurrentProjection recurrence(grad_drive, *weight, conv_padding);
       const auto slot_tensor = [&](int64_t s) {
         return (s >= 2 ? grad_drive.select(1, s - 2) : edge.select(0, s)).reshape({batch, length});
       };
       for (int64_t t = steps - 1; t >= 0; --t) {
-        torch::Tensor recurrent = at::mm(slot_tensor(t + 2), *weight);
+        torch::Tensor recurrent = recurrence.transpose(slot_tensor(t + 2));
         if (mask) recurrent.mul_(mask->select(1, t).reshape({batch, length}));
         const scalar_t* r = recurrent.data_ptr<scalar_t>();
         at::parallel_for(0, batch, grain_rows({batch, length}), [&](int64_t first, int64_t last) {
@@ -539,36 +630,38 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
   });
 }
 
-// The whole forward pass of a population with a dense recurrence W (weight_t = W^T, (neurons,
-// neurons)). Layouts as for forward_sequence; pending_work contains the initial pending drive on entry
-// and the drive pending after the last step on exit. Steps whose transmitted spikes have at most
-// event_density nonzero entries add one row of weight_t per spike; the others use a matmul. Both
+// The whole forward pass of a population with a recurrence: dense when conv_padding is empty
+// (weight = W^T, (neurons, neurons)), else a stride-1 convolution with that zero padding (weight
+// (channels, channels, *kernel); drive (batch, time, channels, *spatial)). Layouts as for
+// forward_sequence; pending_work contains the initial pending drive on entry and the drive pending after
+// the last step on exit. Steps whose transmitted spikes have at most event_density nonzero entries are
+// projected event by event: a dense recurrence adds one row of W^T per spike, and a convolution adds
+// the kernel taps that each spike reaches. The other steps use a matmul or a dense convolution. Both
 // compute drive_t + W s_t as a sum of the projection and the drive, like the plain loop.
 void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pending_work, const torch::Tensor& decay_mem,
                                 const torch::Tensor& one_minus_decay_mem, const torch::Tensor& decay_syn,
                                 double threshold_value, std::optional<double> clamp, torch::Tensor spikes,
                                 torch::Tensor mem_sequence, std::optional<torch::Tensor> syn_sequence,
                                 std::optional<torch::Tensor> not_clamped, torch::Tensor final_mem,
-                                torch::Tensor final_syn, const torch::Tensor& weight_t,
-                                std::optional<torch::Tensor> mask, double event_density) {
+                                torch::Tensor final_syn, const torch::Tensor& weight,
+                                std::optional<torch::Tensor> mask, double event_density,
+                                std::vector<int64_t> conv_padding) {
   check_forward_buffers(drive, spikes, mem_sequence, syn_sequence, not_clamped, clamp,
                         {&pending_work, &final_mem, &final_syn});
   const int64_t batch = drive.size(0), steps = drive.size(1);
   const int64_t length = drive.numel() / std::max<int64_t>(1, batch * steps);
   if (mask) check_contiguous(*mask, drive.sizes(), drive.scalar_type(), "mask");
-  check_contiguous(weight_t, {length, length}, drive.scalar_type(), "weight_t");
+  const RecurrentProjection recurrence(drive, weight, conv_padding);
 
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "lif_forward_sequence_recurrent", [&] {
     const ForwardSequence<scalar_t> run(drive, decay_mem, one_minus_decay_mem, decay_syn, threshold_value, clamp,
                                         spikes, mem_sequence, syn_sequence, not_clamped, final_mem, final_syn);
     const scalar_t* x = drive.data_ptr<scalar_t>();
-    const scalar_t* w = weight_t.data_ptr<scalar_t>();
     const scalar_t* m = data_or_null<scalar_t>(mask);
     scalar_t* p = pending_work.data_ptr<scalar_t>();
     auto transmitted = torch::empty({batch, length}, drive.options());
     auto projection = torch::empty({batch, length}, drive.options());
     scalar_t* tr = transmitted.data_ptr<scalar_t>();
-    scalar_t* proj = projection.data_ptr<scalar_t>();
 
     for (int64_t t = 0; t < steps; ++t) {
       // The neuron update of every row, then the transmitted spikes of this step.
@@ -584,22 +677,9 @@ void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pendin
       }
 
       // W s_t, event by event when the step is sparse.
-      if (events <= static_cast<int64_t>(event_density * static_cast<double>(batch * length))) {
-        projection.zero_();
-        for (int64_t b = 0; b < batch; ++b) {
-          const scalar_t* tr_row = tr + b * length;
-          scalar_t* out = proj + b * length;
-          for (int64_t k = 0; k < length; ++k) {
-            const scalar_t value = tr_row[k];
-            if (value == scalar_t(0)) continue;
-            const scalar_t* w_row = w + k * length;
-_Pragma("GCC ivdep")
-            for (int64_t n = 0; n < length; ++n) out[n] += value * w_row[n];
-          }
-        }
-      } else {
-        at::mm_out(projection, transmitted, weight_t);
-      }
+      const bool sparse = events <= static_cast<int64_t>(event_density * static_cast<double>(batch * length));
+      const scalar_t* proj = recurrence.project<scalar_t>(transmitted, projection, sparse);
+
       // The drive produced now arrives at the next step.
       for (int64_t b = 0; b < batch; ++b) {
         const scalar_t* x_row = x + (b * steps + t) * length;
