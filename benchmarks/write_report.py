@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 LIBRARY_NOTES = {
-    "lightning_snn": "this library, default backend (`auto`): fused LIF and readout kernels with compiled C++ steps, event-driven input and recurrent projections",
+    "lightning_snn": "this library, default backend (`auto`): fused LIF and readout kernels with compiled C++ steps, event-driven projections and convolutions of sparse spikes (input and recurrent)",
     "lightning_snn_plain": "this library, `set_backend(\"plain\")`: the step-by-step autograd loop",
     "lightning_snn_compile": "this library, plain backend, network forward wrapped in `torch.compile`",
     "snntorch": "snnTorch `Synaptic` / `RSynaptic` stepped in a Python loop (its tutorial idiom)",
@@ -155,7 +155,8 @@ def render(report: dict, source: str) -> str:
         f"- Load average (1, 5, 15 min) before: {report['load_before']}, after: {report['load_after']}. "
         "Other processes shared the machine when the load exceeds the number of threads used.",
         f"- Allocator: `{report.get('allocator', 'default')}` in every process (see Memory allocator below).",
-        f"- Rounds: {report['rounds']} of {report['steps']} steps per library"
+        f"- Rounds: {report['rounds']} of {report['steps']} timed steps per library, each after one untimed step "
+        "(the peak memory reset before it hands memory back to the system, so it pays page faults)"
         + (" (quick mode: 20 time steps)." if report.get("quick") else "."),
         f"- Command: `{report['command']}`, then `python benchmarks/write_report.py {source}`.",
         "",

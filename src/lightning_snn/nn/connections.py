@@ -270,7 +270,7 @@ class _ConvConnection(Connection):
     def project(self, x: Tensor) -> Tensor:
         # Sparse spike maps are convolved event by event when the compiled kernels can run them.
         if event_convolution.events_allowed(x, self.op.weight, self.dilation, self.op.groups) and (
-            event_convolution.is_sparse(x)
+            event_convolution.is_sparse(x, self.op.out_channels)
         ):
             return event_convolution.event_conv(x, self.op.weight, self.op.bias, self.stride, self.padding)
         return self.op(x)
