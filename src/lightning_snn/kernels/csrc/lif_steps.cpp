@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <initializer_list>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 
 namespace lightning_snn {
@@ -468,14 +469,19 @@ _Pragma("GCC ivdep")
 
     const auto spikes = transmitted.view(population);
     if (sparse) {
-      const auto samples = padding.size() == 1 ? spikes.unsqueeze(2).unsqueeze(0) : spikes.unsqueeze(0);
-      projection = events->forward(samples, std::nullopt);
+      projection = events->forward(samples(spikes), std::nullopt);
     } else {
       projection = padding.size() == 1 ? at::conv1d(spikes, weight, {}, 1, padding)
                                        : at::conv2d(spikes, weight, {}, 1, padding);
       projection = projection.contiguous();
     }
     return projection.template data_ptr<scalar_t>();
+  }
+
+  // One step's (batch, channels, *spatial) maps as the (1, batch, channels, height, width) samples of
+  // the event-driven convolution.
+  torch::Tensor samples(const torch::Tensor& maps) const {
+    return padding.size() == 1 ? maps.unsqueeze(2).unsqueeze(0) : maps.unsqueeze(0);
   }
 
   // W^T g for a drive gradient g (batch, neurons) that may be strided across the batch.
@@ -594,8 +600,20 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
       const auto slot_tensor = [&](int64_t s) {
         return (s >= 2 ? grad_drive.select(1, s - 2) : edge.select(0, s)).reshape({batch, length});
       };
+      // A convolution reads contiguous input, so it gets slot s from ring[s % 3], a contiguous copy
+      // made right after the slot is written, while its rows are still in cache.
+      const bool use_ring = !conv_padding.empty();
+      auto ring = use_ring ? torch::empty({3, batch, length}, grad_drive.options()) : torch::Tensor();
+      const auto keep_in_ring = [&](int64_t s) {
+        scalar_t* target = ring.data_ptr<scalar_t>() + (s % 3) * batch * length;
+        for (int64_t b = 0; b < batch; ++b) std::memcpy(target + b * length, slot(s, b), sizeof(scalar_t) * length);
+      };
+      if (use_ring) {
+        keep_in_ring(steps);
+        keep_in_ring(steps + 1);
+      }
       for (int64_t t = steps - 1; t >= 0; --t) {
-        torch::Tensor recurrent = recurrence.transpose(slot_tensor(t + 2));
+        torch::Tensor recurrent = recurrence.transpose(use_ring ? ring.select(0, (t + 2) % 3) : slot_tensor(t + 2));
         if (mask) recurrent.mul_(mask->select(1, t).reshape({batch, length}));
         const scalar_t* r = recurrent.data_ptr<scalar_t>();
         at::parallel_for(0, batch, grain_rows({batch, length}), [&](int64_t first, int64_t last) {
@@ -607,6 +625,7 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
                                          g_v_seq != nullptr ? g_v_seq + row : nullptr, r + b * length, length);
           }
         });
+        if (use_ring) keep_in_ring(t);
       }
       return;
     }
@@ -663,11 +682,21 @@ void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pendin
     auto projection = torch::empty({batch, length}, drive.options());
     scalar_t* tr = transmitted.data_ptr<scalar_t>();
 
+    // A convolution without dropout reads the spikes in place, strided across the batch, and adds the
+    // drive itself when it runs by events. Its output then becomes the pending drive.
+    const bool in_place = recurrence.events.has_value() && m == nullptr;
+    torch::Tensor pending_now;
+    scalar_t* const p_final = p;
+
     for (int64_t t = 0; t < steps; ++t) {
       // The neuron update of every row, then the transmitted spikes of this step.
       int64_t events = 0;
       for (int64_t b = 0; b < batch; ++b) {
         const scalar_t* s_out = run.step(t, b, p + b * length);
+        if (in_place) {
+          for (int64_t n = 0; n < length; ++n) events += s_out[n] != scalar_t(0);
+          continue;
+        }
         scalar_t* tr_row = tr + b * length;
         const scalar_t* m_row = m != nullptr ? m + (b * steps + t) * length : nullptr;
         for (int64_t n = 0; n < length; ++n) {
@@ -678,7 +707,15 @@ void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pendin
 
       // W s_t, event by event when the step is sparse.
       const bool sparse = events <= static_cast<int64_t>(event_density * static_cast<double>(batch * length));
+      if (in_place && sparse) {
+        pending_now = recurrence.events->forward(recurrence.samples(spikes.select(1, t)),
+                                                 recurrence.samples(drive.select(1, t)));
+        p = pending_now.data_ptr<scalar_t>();
+        continue;
+      }
+      if (in_place) transmitted.view(spikes.select(1, t).sizes()).copy_(spikes.select(1, t));
       const scalar_t* proj = recurrence.project<scalar_t>(transmitted, projection, sparse);
+      p = p_final;
 
       // The drive produced now arrives at the next step.
       for (int64_t b = 0; b < batch; ++b) {
@@ -689,6 +726,7 @@ _Pragma("GCC ivdep")
         for (int64_t n = 0; n < length; ++n) p_row[n] = x_row[n] + proj_row[n];
       }
     }
+    if (p != p_final) std::memcpy(p_final, p, sizeof(scalar_t) * batch * length);
   });
 }
 
