@@ -47,7 +47,9 @@ populations run:
   without recurrence runs its whole sequence in one Triton launch. Dense connections project inputs
   that need no gradient event by event when their sampled density is at most
   `lightning_snn.kernels.events.EVENT_DENSITY_THRESHOLD`, and dense recurrences do so for every step
-  whose spikes are sparse. `MaxPool` runs a C++ pooling kernel.
+  whose spikes are sparse. Convolutions of sparse spike maps (`lightning_snn.kernels.convolution`)
+  compute their output and weight gradient event by event in C++, and so do convolutional recurrences
+  for their sparse steps. `MaxPool` runs a C++ pooling kernel.
 - `"plain"`: the step-by-step autograd loop and dense projections everywhere.
 - `"fused"`: like `"auto"`, but raises `NotImplementedError` where a population cannot use a fused
   kernel.
@@ -139,12 +141,12 @@ def render(report: dict, source: str) -> str:
         "(Bernoulli spikes of 3 % density). Each library and network runs in its own process; rounds "
         "interleave the libraries of a network, and the tables give the median over all timed steps. "
         "\"× fastest peer\" divides by the fastest of snnTorch, SpikingJelly, Norse and compiled Norse "
-        "(below 1 is faster). Peak RSS added is the resident-memory high-water mark during the timed "
-        "steps minus the resident memory before them, after freed memory was handed back to the system. "
+        "(below 1 is faster). Peak RSS added is the resident-memory high-water mark during the steps of "
+        "a round minus the resident memory before them, after freed memory was handed back to the system. "
         "Dense-equivalent GFLOP/s divides the FLOPs that "
         "dense matmuls and convolutions of the step would need (forward, input gradient except for the "
         "network input, weight gradient) by the step time. It can exceed the GEMM rate where the "
-        "event-driven input projection skips the zeros.",
+        "event-driven paths skip the zeros.",
         "",
         "## Setup",
         "",
