@@ -9,6 +9,7 @@ convolutional recurrences must give the spikes and gradients of the plain loop.
 import pytest
 import torch
 import torch.nn.functional as F
+from call_counting import CountCalls, CountingKernels
 
 import lightning_snn.kernels.convolution as event_convolution
 import lightning_snn.kernels.recurrence as recurrence_module
@@ -136,21 +137,12 @@ def test_event_conv_rejects_mismatched_channels():
         event_convolution.event_conv(torch.zeros(2, 3, 10), torch.zeros(4, 2, 3), None, (1,), (0,))
 
 
-class _CountCalls:
-    def __init__(self, function):
-        self.function, self.calls = function, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.function(*args, **kwargs)
-
-
 @pytest.mark.parametrize("connection_class, in_shape", [(Conv1d, (6, 40)), (Conv2d, (6, 10, 9))])
 def test_connection_takes_event_path_when_sparse(monkeypatch, connection_class, in_shape):
     connection = connection_class(8, 3, stride=2, padding=1, bias=True)
     connection.build(in_shape)
     connection.double()
-    counted = _CountCalls(event_convolution.event_conv)
+    counted = CountCalls(event_convolution.event_conv)
     monkeypatch.setattr(event_convolution, "event_conv", counted)
     x = sparse_input((2, 3, *in_shape), density=0.05, binary=True).requires_grad_()
     drive = connection(x)
@@ -170,7 +162,7 @@ def test_connection_takes_event_path_when_sparse(monkeypatch, connection_class, 
 def test_connection_stays_dense_above_threshold(monkeypatch):
     connection = Conv1d(4, 3)
     connection.build((6, 30))
-    counted = _CountCalls(event_convolution.event_conv)
+    counted = CountCalls(event_convolution.event_conv)
     monkeypatch.setattr(event_convolution, "event_conv", counted)
     connection(sparse_input((2, 3, 6, 30), density=0.5, dtype=torch.float32))
     assert counted.calls == 0
@@ -226,22 +218,6 @@ def _assert_paths_agree(network, x, calls=1):
         torch.testing.assert_close(fused, plain, msg=f"gradient {index} differs")
 
 
-class _CountingKernels:
-    """The compiled kernels module, counting the calls of the whole-sequence LIF functions."""
-
-    def __init__(self, module):
-        self.module, self.calls = module, {}
-
-    def __getattr__(self, name):
-        function = getattr(self.module, name)
-
-        def counted(*args, **kwargs):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return function(*args, **kwargs)
-
-        return counted
-
-
 @pytest.mark.parametrize("step_density", [0.0, 1.0])
 @pytest.mark.parametrize("dims", [1, 2])
 @pytest.mark.parametrize("options, calls", [({}, 1), ({"dropout": 0.3, "clamp_mem": True}, 1), ({"stateful": True}, 2)])
@@ -258,7 +234,7 @@ def test_compiled_conv_recurrence_matches_plain(monkeypatch, step_density, dims,
     network = SpikingNetwork([layer], ReadoutLayer(3), input_shape=input_shape, dt=1e-3).double()
     _randomize(network, scale=4.0)
     network.train()
-    kernels = _CountingKernels(cpu_extension.load())
+    kernels = CountingKernels(cpu_extension.load())
     available_for = cpu_extension.available_for
     monkeypatch.setattr(cpu_extension, "available_for", lambda tensor: available_for(tensor) and kernels)
     _assert_paths_agree(network, sparse_input(x_shape, density=0.3, binary=True), calls=calls)

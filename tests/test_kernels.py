@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from call_counting import CountCalls
 
 from lightning_snn.kernels import event_linear, prefers_events, use_backend
 from lightning_snn.kernels.events import set_event_threshold
@@ -186,24 +187,13 @@ def test_adaptive_network_matches_plain(neuron_type, recurrent):
     assert_paths_agree(network, poisson(3, 30, 16), calls=2)
 
 
-class _CountCalls:
-    """Wrap a kernel function and count how often it runs."""
-
-    def __init__(self, function):
-        self.function, self.calls = function, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.function(*args, **kwargs)
-
-
 @pytest.mark.parametrize("dropout, calls", [(0.0, 1), (0.3, 1), (0.0, 2)])
 def test_event_driven_recurrence_matches_plain(monkeypatch, dropout, calls):
     # The torch-op path: 80 recurrent neurons are enough for events, and weak weights keep the spikes
     # sparse, so most steps take the event path and the dense steps in between take the matmul.
     monkeypatch.setattr(cpu_extension, "available_for", lambda tensor: None)
-    matmul = _CountCalls(events.events_matmul)
-    weight_gradient = _CountCalls(events.events_weight_gradient)
+    matmul = CountCalls(events.events_matmul)
+    weight_gradient = CountCalls(events.events_weight_gradient)
     monkeypatch.setattr(events, "events_matmul", matmul)
     monkeypatch.setattr(events, "events_weight_gradient", weight_gradient)
     assert_paths_agree(_sparse_recurrent_network(dropout, calls), poisson(4, 40, 16, rate=0.1), calls=calls)
