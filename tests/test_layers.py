@@ -166,6 +166,36 @@ def test_flat_input_is_reshaped_and_wrong_input_rejected():
         network(torch.zeros(2, 3, 24))
 
 
+def test_channels_last_frames_rejected():
+    # Same number of entries per step, but laid out (height, width, channels): reshaping would mix them.
+    network = SpikingNetwork([Conv2dLayer(2, 3), Flatten()], input_shape=(2, 5, 5), dt=1e-3)
+    with pytest.raises(ValueError, match="Permute channels-last data"):
+        network(torch.zeros(2, 3, 5, 5, 2))
+
+
+def test_frames_flattened_for_flat_input_shape():
+    network = SpikingNetwork([DenseLayer(4)], input_shape=50, dt=1e-3)
+    assert network(torch.zeros(2, 3, 2, 5, 5)).output.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"kernel_size": 0}, "kernel_size must be at least 1"),
+        ({"kernel_size": 3, "padding": -1}, "padding must be at least 0"),
+        ({"kernel_size": 3, "stride": 0}, "stride must be at least 1"),
+    ],
+)
+def test_conv_layer_rejects_invalid_geometry(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Conv1dLayer(4, **arguments)
+
+
+def test_conv1d_layer_names_expected_input():
+    with pytest.raises(ValueError, match=r"needs a 2-D \(channels, length\) input"):
+        SpikingNetwork([Conv1dLayer(4, 3)], input_shape=(2, 6, 6), dt=1e-3)
+
+
 def test_regularization_loss_sums_layer_penalties():
     regularizer = UpperBoundL2(strength=2.0, threshold=1.0, dims=None)
     network = SpikingNetwork(

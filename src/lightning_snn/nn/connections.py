@@ -187,12 +187,14 @@ class Dense(Connection):
         return drive.reshape(x.shape[0], *self.out_shape)
 
 
-def _as_tuple(value: IntOrTuple, dims: int, name: str) -> tuple[int, ...]:
+def _as_tuple(value: IntOrTuple, dims: int, name: str, minimum: int = 0) -> tuple[int, ...]:
     if isinstance(value, int):
-        return (value,) * dims
+        value = (value,) * dims
     value = tuple(int(item) for item in value)
     if len(value) != dims:
         raise ValueError(f"{name} needs {dims} values for a {dims}-D convolution, got {value}.")
+    if any(item < minimum for item in value):
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
     return value
 
 
@@ -215,10 +217,10 @@ class _ConvConnection(Connection):
     ) -> None:
         super().__init__(target, propagate_gradients, requires_grad, constraints, regularizers)
         self.out_channels = out_channels
-        self.kernel_size = _as_tuple(kernel_size, self.dims, "kernel_size")
-        self.stride = _as_tuple(stride, self.dims, "stride")
-        self.padding = _as_tuple(padding, self.dims, "padding")
-        self.dilation = _as_tuple(dilation, self.dims, "dilation")
+        self.kernel_size = _as_tuple(kernel_size, self.dims, "kernel_size", minimum=1)
+        self.stride = _as_tuple(stride, self.dims, "stride", minimum=1)
+        self.padding = _as_tuple(padding, self.dims, "padding", minimum=0)
+        self.dilation = _as_tuple(dilation, self.dims, "dilation", minimum=1)
         self.use_bias = bias
 
     def output_shape(self, in_shape: Shape) -> Shape:

@@ -402,7 +402,9 @@ class _ConvLayer(_PopulationLayer):
         output_shape = self.connection.output_shape(conv_shape) if len(conv_shape) == dims + 1 else None
         if output_shape is None:
             raise ValueError(
-                f"{type(self).__name__} needs a {dims + 1}-D (channels, ...) input, got {input_shape}."
+                f"{type(self).__name__} needs a {dims + 1}-D "
+                f"({'channels, length' if dims == 1 else 'channels, height, width'}) input, or a "
+                f"{dims}-D one for a single channel, got {input_shape}."
             )
         source_shapes = list(source_shapes) or [input_shape]
         return self._build_connections(conv_shape, None, source_shapes + [output_shape], dt)

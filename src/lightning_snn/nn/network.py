@@ -102,7 +102,12 @@ class SpikingNetwork(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> NetworkOutput:
-        """Run the network on inputs ``(batch, time, *input_shape)``. Flat inputs are reshaped."""
+        """Run the network on inputs ``(batch, time, *input_shape)``.
+
+        Flat inputs ``(batch, time, features)`` are reshaped to ``input_shape``, and inputs of any shape
+        are flattened for a flat ``input_shape``. Other shapes raise, because reshaping, say,
+        channels-last frames for a channels-first network would mix up their entries.
+        """
         if not self.is_built:
             raise RuntimeError(
                 "The network is not built: pass input_shape and dt (seconds) when creating it, "
@@ -112,9 +117,12 @@ class SpikingNetwork(nn.Module):
         if x.dim() < 3:
             raise ValueError(f"Expected input (batch, time, *{self.input_shape}), got shape {tuple(x.shape)}.")
         if tuple(x.shape[2:]) != self.input_shape:
-            if x[0, 0].numel() != torch.Size(self.input_shape).numel():
+            same_size = x[0, 0].numel() == torch.Size(self.input_shape).numel()
+            if not same_size or (x.dim() > 3 and len(self.input_shape) > 1):
                 raise ValueError(
-                    f"Expected input (batch, time, *{self.input_shape}), got shape {tuple(x.shape)}."
+                    f"Expected input (batch, time, *{self.input_shape}) or flat (batch, time, "
+                    f"{torch.Size(self.input_shape).numel()}), got shape {tuple(x.shape)}. Permute "
+                    "channels-last data to channels-first before calling the network."
                 )
             x = x.reshape(*x.shape[:2], *self.input_shape)
         if not x.is_floating_point():
