@@ -31,6 +31,18 @@ def test_readme_training_step_runs():
     assert any(changed), "the optimizer step changed no weight"
 
 
+def test_readme_conv_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 3, "the README has no convolutional example"
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    exec(compile(blocks[2], str(README), "exec"), namespace)
+    out = namespace["conv_out"]
+    assert out.output.shape == (8, 100, 11)
+    assert out.spikes["layer1"].shape == (8, 100, 16, 32, 32)
+    assert out.spikes["layer3"].shape == (8, 100, 32, 16, 16)
+
+
 def test_readme_commands_install_then_run():
     text = README.read_text()
     assert "pip install torch==2.13.0 && pip install -e '.[test]' && lightning-snn fit --config configs/randman.yaml" in text
