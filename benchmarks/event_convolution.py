@@ -55,7 +55,10 @@ def main() -> None:
     retain_freed_memory()
     kernels = cpu_extension.load()
     if kernels is None:
-        raise SystemExit("The C++ kernels are not available on this machine (no compiler, or LIGHTNING_SNN_NO_CPP=1).")
+        raise SystemExit(
+            "The C++ kernels are not available on this machine. Install a C++ compiler (g++ or clang++) and "
+            "unset LIGHTNING_SNN_NO_CPP."
+        )
 
     print("convolution                        density  forward dense / events   weight gradient dense / events (ms)")
     for frames, in_channels, height, width, out_channels, kernel, stride, padding, density in CONVOLUTIONS:

@@ -152,8 +152,8 @@ def run_worker(library: str, network: str, threads: int, quick: bool, allocator:
         count = int(command[1])
         baseline = _reset_peak_memory()
         # The reset hands freed memory back to the system, so the next step pays page faults to map it
-        # again, which the allocator setting otherwise avoids. That step runs untimed; the peak memory
-        # still covers it.
+        # again, which the allocator setting otherwise avoids. That step runs untimed, and the peak
+        # memory still covers it.
         step()
         times = []
         for _ in range(count):

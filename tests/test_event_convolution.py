@@ -18,7 +18,7 @@ from lightning_snn.nn import LIF, Conv1d, Conv1dLayer, Conv2d, Conv2dLayer, Read
 
 pytestmark = pytest.mark.skipif(cpu_extension.load() is None, reason="no C++ compiler on this machine")
 
-# (in_channels, spatial, out_channels, kernel, stride, padding) of 2-D geometries; a 1-D convolution
+# (in_channels, spatial, out_channels, kernel, stride, padding) of 2-D geometries. A 1-D convolution
 # is the case of height 1.
 GEOMETRIES = [
     (1, (1, 50), 5, (1, 7), (1, 3), (0, 0)),
@@ -111,7 +111,8 @@ def test_forward_rejects_wrong_output_size():
 @pytest.mark.parametrize("dims", [1, 2])
 @pytest.mark.parametrize("in_channels", [2, 6])
 def test_event_conv_gradients_match_torch(dims, in_channels):
-    # Fewer than EVENT_FORWARD_MIN_CHANNELS inputs take torch's forward pass, more take the events.
+    # Inputs with fewer than EVENT_FORWARD_MIN_CHANNELS channels take torch's forward pass, wider ones
+    # the events.
     spatial = (17,) if dims == 1 else (9, 8)
     kernel = (5,) if dims == 1 else (3, 3)
     stride = (2,) if dims == 1 else (2, 1)

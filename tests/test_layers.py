@@ -167,7 +167,7 @@ def test_flat_input_is_reshaped_and_wrong_input_rejected():
 
 
 def test_channels_last_frames_rejected():
-    # Same number of entries per step, but laid out (height, width, channels): reshaping would mix them.
+    # Same number of entries per step, but laid out (height, width, channels), so a reshape would mix them.
     network = SpikingNetwork([Conv2dLayer(2, 3), Flatten()], input_shape=(2, 5, 5), dt=1e-3)
     with pytest.raises(ValueError, match="Permute channels-last data"):
         network(torch.zeros(2, 3, 5, 5, 2))

@@ -45,7 +45,7 @@ if __name__ == "__main__":
     )
     trainer.fit(model, datamodule=PatternDataModule())
     # One run aborted at interpreter exit ("terminate called without an active exception") after a
-    # successful fit, so the process group is torn down while both ranks are still alive.
+    # successful fit. Destroying the process group while both ranks are alive is meant to avoid that.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 """

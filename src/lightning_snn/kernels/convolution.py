@@ -69,7 +69,7 @@ def _as_samples(x: Tensor, dims: int) -> Tensor:
 
 
 def _pairs(values: tuple[int, ...], dims: int, one_d_value: int) -> tuple[int, int]:
-    """Return (height, width) values; a 1-D convolution has ``one_d_value`` along its height."""
+    """Return ``values`` as (height, width), with ``one_d_value`` as the height of a 1-D convolution."""
     return (one_d_value, values[0]) if dims == 1 else (values[0], values[1])
 
 
@@ -166,8 +166,7 @@ def event_conv(
 
     The weight gradient is computed from the nonzero entries of ``x``, and so is the output when ``x``
     has at least ``EVENT_FORWARD_MIN_CHANNELS`` channels. The input gradient is torch's transposed
-    convolution.
-    Call it only where :func:`events_allowed` holds.
+    convolution. Call it only where :func:`events_allowed` holds.
     """
     if weight.dim() not in (3, 4) or x.dim() != weight.dim() or x.shape[1] != weight.shape[1]:
         raise ValueError(

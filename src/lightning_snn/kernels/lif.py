@@ -266,7 +266,7 @@ class _LIFSequence(torch.autograd.Function):
             syn = syn.contiguous()
         steps = cpu_extension.available_for(drive)
         if steps is not None and recurrence is not None:
-            # The whole loop, recurrence included, runs in C++; sparse steps project by events.
+            # The whole loop, recurrence included, runs in C++. Sparse steps are projected by events.
             final_mem = torch.empty_like(mem)
             final_syn = syn.clone()
             pending_work = pending.clone()

@@ -194,7 +194,7 @@ def _as_tuple(value: IntOrTuple, dims: int, name: str, minimum: int = 0) -> tupl
     if len(value) != dims:
         raise ValueError(f"{name} needs {dims} values for a {dims}-D convolution, got {value}.")
     if any(item < minimum for item in value):
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+        raise ValueError(f"{name} must be at least {minimum} along every axis, got {value}.")
     return value
 
 

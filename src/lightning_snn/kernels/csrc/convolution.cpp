@@ -37,10 +37,10 @@ struct ConvGeometry {
   int64_t out_positions() const { return out_height * out_width; }
 };
 
-// For every input position (iy, ix), the kernel taps and output positions that it reaches, padded to
-// the same count for all positions so that the event loops run a fixed number of iterations without
-// branches. A padding entry points at the extra output position `out_positions()`: the forward pass
-// accumulates it into a scratch row that is never read, and the weight gradient reads a zero row there.
+// Kernel taps and output positions that each input position (iy, ix) reaches. Every position gets the
+// same number of entries, so that the event loops run a fixed number of iterations without branches.
+// A padding entry points at the extra output position out_positions(). The forward pass accumulates
+// it into a scratch row that is never read, and the weight gradient reads a zero row there.
 struct Targets {
   int64_t count;                 // entries per input position
   std::vector<int32_t> tap;      // ky * kernel_w + kx
@@ -116,11 +116,11 @@ int64_t find_nonzero(const scalar_t* data, int64_t size, int32_t* events) {
 }
 
 #if defined(__AVX512F__)
-// The float32 version on AVX-512 has no branch per block: each block's nonzero indices are compressed
+// The float32 version on AVX-512 has no branch per block. Each block's nonzero indices are compressed
 // into one register and stored whole, and the count advances by their number. It listed the events
 // of 6,400 spike maps of 1,088 entries at 4 % density in 1.0 ms instead of 3.8 ms (AMD EPYC, one
 // thread). The compress runs in a register because storing it compressed straight to memory was
-// slower than the portable loop there.
+// slower than the portable loop on that CPU.
 template <>
 int64_t find_nonzero<float>(const float* data, int64_t size, int32_t* events) {
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -140,10 +140,11 @@ int64_t find_nonzero<float>(const float* data, int64_t size, int32_t* events) {
 }
 #endif
 
-// target[c] += value * source[c] for the channels of one row. The channel count is a template argument
-// for the common widths, so that the loop unrolls. GCC 12 vectorised the plain loop well for 32 and
-// more constant channels but left it scalar for fewer or a runtime count, so those rows run on GCC
-// vector types when their width is a multiple of 32 bytes.
+// Adds value * source[c] to target[c] for the channels of one row. The channel count is a template
+// argument for the common widths, so that the loop unrolls. GCC 12 vectorised the plain loop well for
+// 32 or more constant channels. It left the loop scalar for a runtime count and ran 16 constant
+// channels slower than GCC vector types, so narrower rows use those types when their width is a
+// multiple of 32 bytes.
 template <typename scalar_t, int64_t kChannels>
 inline void add_scaled(scalar_t* target, const scalar_t* source, scalar_t value, int64_t channels) {
   constexpr int64_t kLanes = 32 / sizeof(scalar_t);
@@ -164,7 +165,7 @@ inline void add_scaled(scalar_t* target, const scalar_t* source, scalar_t value,
   }
 }
 
-// Calls body.template operator()<kChannels>() with the channel count as a constant when it is common.
+// Calls body with std::integral_constant<int64_t, channels>, or with 0 for an uncommon channel count.
 template <typename Body>
 void with_channels(int64_t channels, Body body) {
   switch (channels) {
@@ -188,7 +189,7 @@ ConvGeometry geometry_of(const torch::Tensor& input, int64_t out_channels, int64
           pad_h,                pad_w};
 }
 
-// Sample (a, b) of a (A, B, C, H, W) tensor whose last three dimensions are contiguous.
+// Returns sample (a, b) of an (A, B, C, H, W) tensor whose last three dimensions are contiguous.
 template <typename scalar_t>
 scalar_t* sample(const torch::Tensor& x, int64_t a, int64_t b) {
   return x.data_ptr<scalar_t>() + a * x.stride(0) + b * x.stride(1);
@@ -336,8 +337,8 @@ torch::Tensor conv_weight_gradient_events(const torch::Tensor& input, const torc
           const int64_t count = find_nonzero(x, g.in_size(), events.data());
           if (count == 0) continue;
           const scalar_t* grad = sample<scalar_t>(grad_output, a, b);
-          // Read in memory order, so that the hardware prefetcher streams the sample in; the strided
-          // writes stay in the L1 cache.
+          // The loops read in memory order, so that the hardware prefetcher streams the sample in. The
+          // strided writes stay in the L1 cache.
           for (int64_t co = 0; co < channels; ++co) {
             for (int64_t p = 0; p < positions; ++p) grad_t[p * channels + co] = grad[co * positions + p];
           }

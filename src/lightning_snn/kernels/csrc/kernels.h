@@ -15,11 +15,12 @@ namespace lightning_snn {
 // loops over time steps do not rebuild its tables on every call.
 class SparseConvolution {
  public:
-  // weight (out_channels, in_channels, kernel_h, kernel_w); inputs of spatial size (height, width).
+  // Prepares the convolution with weight (out_channels, in_channels, kernel_h, kernel_w) of inputs of
+  // spatial size (height, width).
   SparseConvolution(const torch::Tensor& weight, int64_t height, int64_t width, int64_t stride_h, int64_t stride_w,
                     int64_t pad_h, int64_t pad_w);
-  // base + conv(input) for input (A, B, in_channels, height, width) and base (A, B, out_channels, out_height,
-  // out_width) or none, as a new contiguous tensor.
+  // Returns base + conv(input) as a new contiguous tensor, for input (A, B, in_channels, height, width)
+  // and base (A, B, out_channels, out_height, out_width) or none.
   torch::Tensor forward(const torch::Tensor& input, const std::optional<torch::Tensor>& base) const;
 
   struct Plan;

@@ -409,9 +409,11 @@ struct RecurrentProjection {
   torch::Tensor weight;
   std::vector<int64_t> padding;
   std::vector<int64_t> population;  // (batch, channels, *spatial) of one step
-  std::optional<SparseConvolution> events;  // convolutions only, as (1, batch, channels, height, width) samples
+  std::optional<SparseConvolution> events;  // forward convolutions only, on (1, batch, channels, height, width)
 
-  RecurrentProjection(const torch::Tensor& drive, const torch::Tensor& weight_in, std::vector<int64_t> conv_padding)
+  // `forward` prepares the event-driven convolution, which only the forward pass uses.
+  RecurrentProjection(const torch::Tensor& drive, const torch::Tensor& weight_in, std::vector<int64_t> conv_padding,
+                      bool forward)
       : weight(weight_in), padding(std::move(conv_padding)) {
     const int64_t length = drive.numel() / std::max<int64_t>(1, drive.size(0) * drive.size(1));
     TORCH_CHECK(weight.is_contiguous() && weight.scalar_type() == drive.scalar_type() && weight.device().is_cpu(),
@@ -433,14 +435,15 @@ struct RecurrentProjection {
     }
     population.push_back(drive.size(0));
     for (int64_t d = 2; d < drive.dim(); ++d) population.push_back(drive.size(d));
+    if (!forward) return;
     // A 1-D population is a 2-D one of height 1.
     const bool one_d = dims == 1;
     events.emplace(one_d ? weight.unsqueeze(2) : weight, one_d ? 1 : drive.size(3), drive.size(drive.dim() - 1), 1, 1,
                    one_d ? 0 : padding[0], padding.back());
   }
 
-  // W s into `projection` (batch, neurons), or into a new tensor that is returned; event by event when
-  // `sparse`.
+  // Computes W s for the transmitted spikes (batch, neurons), event by event when `sparse`, and returns
+  // its data. A dense recurrence writes into `projection`, and a convolution replaces it.
   template <typename scalar_t>
   const scalar_t* project(const torch::Tensor& transmitted, torch::Tensor& projection, bool sparse) const {
     const int64_t batch = transmitted.size(0), length = transmitted.size(1);
@@ -478,13 +481,13 @@ _Pragma("GCC ivdep")
     return projection.template data_ptr<scalar_t>();
   }
 
-  // One step's (batch, channels, *spatial) maps as the (1, batch, channels, height, width) samples of
-  // the event-driven convolution.
+  // Returns one step's (batch, channels, *spatial) maps as the (1, batch, channels, height, width)
+  // samples of the event-driven convolution.
   torch::Tensor samples(const torch::Tensor& maps) const {
     return padding.size() == 1 ? maps.unsqueeze(2).unsqueeze(0) : maps.unsqueeze(0);
   }
 
-  // W^T g for a drive gradient g (batch, neurons) that may be strided across the batch.
+  // Returns W^T g for a drive gradient g (batch, neurons) that may be strided across the batch.
   torch::Tensor transpose(const torch::Tensor& grad) const {
     if (padding.empty()) return at::mm(grad, weight);
     const auto grad_maps = grad.reshape(population);
@@ -596,12 +599,12 @@ void backward_sequence_superspike(torch::Tensor adjoint_mem, const torch::Tensor
 
     if (weight) {
       // With a recurrence, W^T dL/dP_{t+1} enters each step, so time is the outer loop.
-      const RecurrentProjection recurrence(grad_drive, *weight, conv_padding);
+      const RecurrentProjection recurrence(grad_drive, *weight, conv_padding, /*forward=*/false);
       const auto slot_tensor = [&](int64_t s) {
         return (s >= 2 ? grad_drive.select(1, s - 2) : edge.select(0, s)).reshape({batch, length});
       };
-      // A convolution reads contiguous input, so it gets slot s from ring[s % 3], a contiguous copy
-      // made right after the slot is written, while its rows are still in cache.
+      // A convolution reads contiguous input. It gets slot s from ring[s % 3], a copy made right after
+      // the slot is written, while its rows are still in cache.
       const bool use_ring = !conv_padding.empty();
       auto ring = use_ring ? torch::empty({3, batch, length}, grad_drive.options()) : torch::Tensor();
       const auto keep_in_ring = [&](int64_t s) {
@@ -670,7 +673,7 @@ void forward_sequence_recurrent(const torch::Tensor& drive, torch::Tensor pendin
   const int64_t batch = drive.size(0), steps = drive.size(1);
   const int64_t length = drive.numel() / std::max<int64_t>(1, batch * steps);
   if (mask) check_contiguous(*mask, drive.sizes(), drive.scalar_type(), "mask");
-  const RecurrentProjection recurrence(drive, weight, conv_padding);
+  const RecurrentProjection recurrence(drive, weight, conv_padding, /*forward=*/true);
 
   AT_DISPATCH_FLOATING_TYPES(drive.scalar_type(), "lif_forward_sequence_recurrent", [&] {
     const ForwardSequence<scalar_t> run(drive, decay_mem, one_minus_decay_mem, decay_syn, threshold_value, clamp,
